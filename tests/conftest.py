@@ -1,0 +1,20 @@
+"""Strict JAX settings for every test: implicit rank promotion and dtype promotion raise."""
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+@pytest.fixture
+def x64():
+    """Run the test body with float64 enabled (`jax_enable_x64`)."""
+    with jax.enable_x64(True):
+        yield
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

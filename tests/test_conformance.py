@@ -1,0 +1,225 @@
+"""One parametrised conformance suite over every public function.
+
+Each case calls a public function as `call(key, *arrays)` (the key is ignored by deterministic
+functions) and every case goes through the same checks: jit equals eager, vmap equals a loop,
+same key gives the same bits and another key other samples, a second call with same-shaped inputs
+does not retrace, outputs are finite, and gradients through the function are finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import xai_jax
+from xai_jax import (
+    bernoulli_perturbation,
+    exponential_kernel,
+    gaussian_perturbation,
+    numerical_gradient,
+    pairwise_distances,
+    quadrature,
+    shapley_kernel,
+    urv_gradient,
+    weighted_ridge,
+)
+
+_rng = np.random.default_rng(42)
+
+
+def _normal(*shape):
+    return jnp.asarray(_rng.standard_normal(shape), jnp.float32)
+
+
+_W = _normal(6, 3)
+
+
+def _mlp(x):  # batched black box: [N, 6] -> [N, 3]
+    return jax.nn.softmax(jnp.tanh(x @ _W))
+
+
+def _loss(v):  # scalar black box of one point [6]
+    return -jax.nn.log_softmax(jnp.tanh(v @ _W))[1]
+
+
+_X = _normal(5, 4)
+# y repeats two rows of x: zero distances are part of the checks (finite gradients there)
+_Y = jnp.concatenate([_X[:2], _normal(3, 4)])
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    function: Callable
+    call: Callable  # (key, *arrays) -> pytree of arrays
+    arrays: tuple
+    random: bool = False
+    grad_arg: int | None = 0  # which array to differentiate against (None: not differentiable)
+    vmap: bool = True
+
+    def __str__(self):
+        return self.name
+
+
+CASES = [
+    *[
+        Case(f"pairwise_distances[{m}]", pairwise_distances,
+             lambda k, x, y, m=m: pairwise_distances(x, y, metric=m), (_X, _Y))
+        for m in ("euclidean", "sqeuclidean", "cosine", "manhattan")
+    ],
+    Case("pairwise_distances[y=None]", pairwise_distances,
+         lambda k, x: pairwise_distances(x, metric="cosine"), (_X,)),
+    Case("gaussian_perturbation", gaussian_perturbation,
+         lambda k, x, s: gaussian_perturbation(k, x, 16, scale=s), (_normal(4), jnp.full(4, 0.5)),
+         random=True),
+    Case("gaussian_perturbation[mean]", gaussian_perturbation,
+         lambda k, x, m: gaussian_perturbation(k, x, 16, mean=m), (_normal(2, 3), _normal(2, 3)),
+         random=True),
+    Case("bernoulli_perturbation", bernoulli_perturbation,
+         lambda k, x: bernoulli_perturbation(k, x, 16, p=0.3, baseline=-1.0), (_normal(6),),
+         random=True),
+    Case("bernoulli_perturbation[segments]", bernoulli_perturbation,
+         lambda k, x, seg: bernoulli_perturbation(k, x, 16, segments=seg, num_segments=3),
+         (_normal(2, 3, 2), jnp.array([[0, 1, 1], [2, 2, 0]])), random=True),
+    Case("exponential_kernel", exponential_kernel,
+         lambda k, d, w: exponential_kernel(d, w), (jnp.abs(_normal(7)), jnp.float32(0.7))),
+    Case("shapley_kernel", shapley_kernel,
+         lambda k, s: shapley_kernel(6, s), (jnp.array([1, 2, 3, 5]),), grad_arg=None),
+    Case("quadrature", quadrature,
+         lambda k: quadrature("gausslegendre", 8), (), grad_arg=None, vmap=False),
+    Case("numerical_gradient", numerical_gradient,
+         lambda k, x: numerical_gradient(_mlp, x, eps=1e-2), (_normal(3, 6),)),
+    Case("urv_gradient", urv_gradient,
+         lambda k, x: urv_gradient(k, _loss, x, num_samples=16), (_normal(6),), random=True),
+    Case("urv_gradient[chunked, traced step]", urv_gradient,
+         lambda k, x, t: urv_gradient(k, _loss, x, num_samples=10, step=t, batch_size=4),
+         (_normal(6), jnp.float32(3.0)), random=True),
+    Case("weighted_ridge", weighted_ridge,
+         lambda k, X, y, w: weighted_ridge(X, y, w), (_normal(20, 3), _normal(20), jnp.exp(_normal(20)))),
+    Case("weighted_ridge[2-D y, alpha=0]", weighted_ridge,
+         lambda k, X, y: weighted_ridge(X, y, alpha=0.0), (_normal(20, 3), _normal(20, 2))),
+]  # fmt: skip
+
+RANDOM = [c for c in CASES if c.random]
+KEY, OTHER_KEY = jax.random.key(0), jax.random.key(1)
+
+
+def _leaves(tree):
+    return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
+
+
+def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+    la, lb = _leaves(a), _leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb, strict=True):
+        assert x.shape == y.shape and x.dtype == y.dtype
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+def _perturbed(arrays, i):
+    """The i-th member of a batch: same shapes and dtypes, other values."""
+    return tuple(a + (0.1 * i) if jnp.issubdtype(a.dtype, jnp.floating) else a for a in arrays)
+
+
+def test_every_public_function_is_covered():
+    covered = {c.function.__name__ for c in CASES}
+    public = {name for name in xai_jax.__all__ if callable(getattr(xai_jax, name))}
+    assert public - {"RidgeFit"} == covered
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_jit_matches_eager(case):
+    _assert_trees_close(jax.jit(case.call)(KEY, *case.arrays), case.call(KEY, *case.arrays))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.vmap], ids=str)
+def test_vmap_matches_loop(case):
+    members = [_perturbed(case.arrays, i) for i in range(3)]
+    keys = jax.random.split(KEY, 3)
+    stacked = tuple(jnp.stack(column) for column in zip(*members, strict=True))
+    batched = jax.jit(jax.vmap(case.call))(keys, *stacked)
+    looped = [case.call(keys[i], *members[i]) for i in range(3)]
+    expected = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *looped)
+    _assert_trees_close(batched, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_deterministic_and_keyed(case):
+    fn = jax.jit(case.call)
+    first, again = _leaves(fn(KEY, *case.arrays)), _leaves(fn(KEY, *case.arrays))
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)  # same key, same bits
+    if case.random:
+        other = _leaves(fn(OTHER_KEY, *case.arrays))
+        assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_second_call_does_not_recompile(case):
+    traces = []
+
+    def counted(*args):
+        traces.append(1)
+        return case.call(*args)
+
+    fn = jax.jit(counted)
+    jax.block_until_ready(fn(KEY, *case.arrays))
+    jax.block_until_ready(fn(OTHER_KEY, *_perturbed(case.arrays, 1)))
+    assert len(traces) == 1
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_outputs_finite(case):
+    for leaf in _leaves(case.call(KEY, *case.arrays)):
+        if np.issubdtype(leaf.dtype, np.floating):
+            assert np.isfinite(leaf).all()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.grad_arg is not None], ids=str)
+def test_gradients_finite(case):
+    def total(a):
+        args = list(case.arrays)
+        args[case.grad_arg] = a
+        leaves = jax.tree_util.tree_leaves(case.call(KEY, *args))
+        return sum(jnp.sum(leaf) for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating))
+
+    grad = jax.jit(jax.grad(total))(case.arrays[case.grad_arg])
+    assert np.isfinite(np.asarray(grad)).all()
+
+
+@pytest.mark.parametrize("case", RANDOM, ids=str)
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg", "unsafe_rbg"])
+def test_typed_keys_of_any_implementation(case, impl):
+    out = _leaves(jax.jit(case.call)(jax.random.key(0, impl=impl), *case.arrays))
+    reference = _leaves(case.call(KEY, *case.arrays))
+    assert [(x.shape, x.dtype) for x in out] == [(x.shape, x.dtype) for x in reference]
+    assert all(np.isfinite(x).all() for x in out if np.issubdtype(x.dtype, np.floating))
+
+
+@pytest.mark.parametrize("case", RANDOM, ids=str)
+def test_legacy_uint32_keys_equal_typed_keys(case):
+    legacy = case.call(jax.random.PRNGKey(0), *case.arrays)
+    typed = case.call(jax.random.key(0), *case.arrays)
+    for a, b in zip(_leaves(legacy), _leaves(typed), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("case", RANDOM, ids=str)
+@pytest.mark.parametrize(
+    ("bad_key", "error"),
+    [
+        (0, TypeError),
+        (np.zeros(2, np.float32), TypeError),
+        (np.zeros(3, np.uint32), ValueError),
+        (jax.random.split(jax.random.key(0), 2), ValueError),
+    ],
+    ids=["int", "float-array", "uint32-wrong-shape", "key-batch"],
+)
+def test_non_keys_are_rejected(case, bad_key, error):
+    with pytest.raises(error, match="key"):
+        case.call(bad_key, *case.arrays)

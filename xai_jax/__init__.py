@@ -1,0 +1,27 @@
+"""xai_jax: JAX-native, functional explainability.
+
+Every numerical piece is a pure function that can be `jit`-ted, `vmap`-ped and differentiated
+inside your own code; random functions take an explicit PRNG `key` first.
+"""
+
+from xai_jax.distances import pairwise_distances
+from xai_jax.estimators import numerical_gradient, urv_gradient
+from xai_jax.kernels import exponential_kernel, shapley_kernel
+from xai_jax.perturbations import bernoulli_perturbation, gaussian_perturbation
+from xai_jax.quadrature import quadrature
+from xai_jax.surrogates import RidgeFit, weighted_ridge
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RidgeFit",
+    "bernoulli_perturbation",
+    "exponential_kernel",
+    "gaussian_perturbation",
+    "numerical_gradient",
+    "pairwise_distances",
+    "quadrature",
+    "shapley_kernel",
+    "urv_gradient",
+    "weighted_ridge",
+]

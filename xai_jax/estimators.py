@@ -1,0 +1,221 @@
+"""Gradient estimators for black boxes: central finite differences and random directions (URV)."""
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float
+
+from xai_jax._checks import (
+    as_float_array,
+    as_key,
+    check_positive,
+    check_positive_int,
+    is_concrete,
+)
+
+# Model inputs evaluated at once are kept near this many bytes: on XLA:CPU buffers above
+# ~16-32 MB are page-fault bound, and smaller ones stay in cache between the build of the
+# perturbed rows and the model's first layer.
+_CHUNK_BYTES = 8 * 2**20
+
+
+def numerical_gradient(
+    fn: Callable[..., ArrayLike],
+    x: Float[ArrayLike, " batch *features"],
+    *,
+    eps: float | ArrayLike | None = None,
+    args: tuple = (),
+    batch_size: int | None = None,
+) -> Float[Array, " batch *outputs_then_features"]:
+    """Central finite-difference Jacobian of a batched function, as alibi's `num_grad_batch`.
+
+    `grad[b, ..., f] = (fn(x_b + h_f e_f) - fn(x_b - h_f e_f)) / (2 h_f)` for every example `b`,
+    every output entry and every feature `f` (any feature shape). All `2 F` perturbed copies of
+    every example are evaluated as 2-D batches of `batch_size` rows, inside one `lax.map`, so memory
+    stays bounded whatever the batch and feature count, and the whole function is jittable and
+    differentiable.
+
+    The denominator is the step actually taken in floating point, `(x + h) - (x - h)`, rather
+    than `2 h`: that removes the representation error of the step from every estimate.
+    When `fn` is a JAX function, prefer `jax.jacrev`: it is exact and 40-130x cheaper here.
+
+    Args:
+        fn: `fn(x, *args)` maps a batch `[N, *features]` to `[N, *outputs]` (`[N]` for scalar
+            outputs). It must treat rows independently.
+        x: `[B, *features]` points.
+        eps: step size; a positive scalar, one per feature (shape `[F]` or `features`). None
+            picks `cbrt(machine eps) * max(1, |x|)` per entry (about 4.9e-3 for float32 inputs
+            of unit scale, 6.1e-6 for float64), which balances truncation against round-off;
+            alibi's 1e-8 default is below float32 resolution and returns zeros.
+        args: extra positional arguments for `fn`, passed unchanged to every call.
+        batch_size: rows per model call (a multiple of 2); None sizes calls near 8 MB of input.
+
+    Returns:
+        `[B, *outputs, *features]` estimates, in `x`'s floating dtype.
+
+    Raises:
+        ValueError: `x` without a batch axis, `eps` that is not positive or has the wrong shape,
+            `batch_size < 2`.
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from xai_jax import numerical_gradient
+        >>> fn = lambda x: jnp.stack([x[:, 0] * x[:, 1], x[:, 1] ** 2], axis=1)
+        >>> np.asarray(numerical_gradient(fn, jnp.array([[2.0, 3.0]]))).round(3)
+        array([[[3., 2.],
+                [0., 6.]]], dtype=float32)
+    """
+    x = as_float_array("x", x, min_ndim=1)
+    batch, feature_shape = x.shape[0], x.shape[1:]
+    num_features = math.prod(feature_shape)
+    flat = x.reshape(batch, num_features)
+    steps = _steps(eps, flat, feature_shape)  # [B, F] or broadcastable
+    out_shape = jax.eval_shape(lambda z: fn(z, *args), x).shape
+    if out_shape[:1] != (batch,):
+        raise ValueError(f"fn must return a leading batch axis of {batch}, got shape {out_shape}")
+
+    num_pairs = batch * num_features
+    if batch_size is None:
+        pairs_per_chunk = max(1, _CHUNK_BYTES // (2 * num_features * x.dtype.itemsize))
+    else:
+        pairs_per_chunk = check_positive_int("batch_size", batch_size, minimum=2) // 2
+    num_chunks = -(-num_pairs // pairs_per_chunk)
+    pairs_per_chunk = -(-num_pairs // num_chunks)  # same chunk count, least padding
+    steps = jnp.broadcast_to(steps, flat.shape)
+
+    def chunk(start):
+        pair = jnp.minimum(start + jnp.arange(pairs_per_chunk), num_pairs - 1)
+        row, feature = pair // num_features, pair % num_features
+        base = flat[row]
+        hot = jnp.arange(num_features)[None, :] == feature[:, None]
+        h = steps[row, feature][:, None]
+        plus, minus = base + jnp.where(hot, h, 0), base - jnp.where(hot, h, 0)
+        taken = jnp.sum(jnp.where(hot, plus - minus, 0), axis=1)
+        inputs = jnp.concatenate([plus, minus]).reshape(2 * pairs_per_chunk, *feature_shape)
+        out = jnp.asarray(fn(inputs, *args)).reshape(2 * pairs_per_chunk, -1)
+        diff = out[:pairs_per_chunk] - out[pairs_per_chunk:]
+        return diff / taken[:, None].astype(diff.dtype)
+
+    starts = jnp.arange(num_chunks) * pairs_per_chunk
+    grads = jax.lax.map(chunk, starts).reshape(num_chunks * pairs_per_chunk, -1)[:num_pairs]
+    grads = grads.reshape(batch, num_features, -1).transpose(0, 2, 1)
+    return grads.reshape(out_shape + feature_shape)
+
+
+def _steps(eps, flat: jax.Array, feature_shape: tuple[int, ...]) -> jax.Array:
+    if eps is None:
+        scale = jnp.cbrt(jnp.finfo(flat.dtype).eps).astype(flat.dtype)
+        return scale * jnp.maximum(1, jnp.abs(flat))
+    check_positive("eps", eps)
+    eps = jnp.asarray(eps, dtype=flat.dtype)
+    if eps.ndim == 0:
+        return eps
+    if eps.shape in ((flat.shape[1],), feature_shape):
+        return eps.reshape(1, -1)
+    raise ValueError(
+        f"eps must be a scalar or one value per feature (shape ({flat.shape[1]},) or "
+        f"{feature_shape}), got shape {eps.shape}"
+    )
+
+
+def urv_gradient(
+    key: ArrayLike,
+    fn: Callable[[Array], ArrayLike],
+    x: Float[ArrayLike, "*features"],
+    *,
+    num_samples: int = 100,
+    mu: float | ArrayLike | None = None,
+    step: int | ArrayLike = 1,
+    batch_size: int | None = None,
+) -> Float[Array, "*features"]:
+    """Uniform-random-vector estimate of the gradient of a scalar black box (seed 003, MAX).
+
+    `g = d / (mu q) * sum_i (fn(x + mu u_i) - fn(x)) u_i` with `q = num_samples` directions
+    `u_i` uniform on the unit sphere of `R^d` (normalised Gaussians) and
+    `mu = 1 / sqrt(step) / sqrt(d)` when `mu` is None, where `step` is the optimiser's iteration
+    counter (the MAX library counts calls, starting at 1). The Gaussian coordinates are quantised
+    to 2**16 levels, two per 32 random bits, which makes the estimator about 1.6x faster than
+    full-precision normals at the same accuracy (the directions stay exactly isotropic; see
+    `benchmarks/`). `fn` is called on single points and
+    vectorised with `vmap`; directions are drawn and evaluated in chunks of `batch_size`, each
+    from its own key (`fold_in(key, chunk)`), so memory stays bounded for any `num_samples`.
+    The estimate is unbiased for the gradient of a smoothed `fn` and its variance falls as
+    `1/q`; where `fn` is JAX, `jax.grad` is exact and far cheaper.
+
+    Args:
+        key: a PRNG key (typed or legacy uint32).
+        fn: scalar function of one point of `x`'s shape.
+        x: the point.
+        num_samples: number of random directions `q` (>= 1).
+        mu: smoothing radius (> 0); may be traced.
+        step: iteration counter for the default `mu` (>= 1); may be traced.
+        batch_size: directions per chunk; None sizes chunks near 8 MB.
+
+    Returns:
+        The estimate, with `x`'s shape and floating dtype.
+
+    Raises:
+        ValueError: `num_samples < 1`, a concrete `mu <= 0` or `step < 1`, or `fn` not scalar.
+        TypeError: `key` is not a PRNG key.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from xai_jax import urv_gradient
+        >>> g = urv_gradient(jax.random.key(0), lambda v: v @ jnp.arange(3.0), jnp.zeros(3),
+        ...                  num_samples=4000)
+        >>> bool(jnp.allclose(g, jnp.arange(3.0), atol=0.3))
+        True
+    """
+    key = as_key(key)
+    num_samples = check_positive_int("num_samples", num_samples)
+    x = as_float_array("x", x)
+    dim = math.prod(x.shape)
+    if mu is None:
+        if is_concrete(step) and not np.all(np.asarray(step) >= 1):
+            raise ValueError(f"step must be >= 1, got {step}")
+        mu = jax.lax.rsqrt(jnp.asarray(step, x.dtype) * dim)
+    else:
+        check_positive("mu", mu)
+        mu = jnp.asarray(mu, x.dtype)
+    out = jax.eval_shape(fn, x)
+    if out.shape != ():
+        raise ValueError(f"fn must return a scalar, got shape {out.shape}")
+
+    if batch_size is None:
+        batch_size = max(1, _CHUNK_BYTES // (dim * x.dtype.itemsize))
+    batch_size = min(check_positive_int("batch_size", batch_size), num_samples)
+    num_chunks = -(-num_samples // batch_size)
+    flat = x.reshape(dim)
+    batched_fn = jax.vmap(lambda v: fn(v.reshape(x.shape)))
+    f0 = jnp.asarray(fn(x), x.dtype)
+
+    def chunk(index):
+        u = _quantized_normal(jax.random.fold_in(key, index), (batch_size, dim), x.dtype)
+        u = u * jax.lax.rsqrt(jnp.sum(u * u, axis=1, keepdims=True))
+        delta = jnp.asarray(batched_fn(flat[None] + mu * u), x.dtype) - f0
+        # The last chunk may run past num_samples: those directions do not count.
+        delta = jnp.where(index * batch_size + jnp.arange(batch_size) < num_samples, delta, 0)
+        return delta @ u
+
+    total = chunk(0) if num_chunks == 1 else jax.lax.map(chunk, jnp.arange(num_chunks)).sum(0)
+    return (total * (dim / (mu * num_samples))).reshape(x.shape)
+
+
+def _quantized_normal(key: jax.Array, shape: tuple[int, int], dtype) -> jax.Array:
+    """Standard normals quantised to 2**16 levels, two from each 32 random bits.
+
+    Drawing the directions is most of the URV estimator's cost (threefry bits, ~4 ns each here),
+    and a direction needs no more than 16 bits per coordinate: this halves the bits drawn. Level
+    `k` maps to the normal quantile of `(k + 1/2) / 2**16`, a set symmetric about 0, so the
+    normalised directions are exactly isotropic (`E[u u^T] = I/d`) and the estimator keeps its
+    expectation; values are bounded by 4.33 (the 1 - 2**-17 quantile).
+    """
+    rows, cols = shape
+    words = jax.random.bits(key, (rows, -(-cols // 2)), jnp.uint32)
+    levels = jnp.concatenate([words >> 16, words & 0xFFFF], axis=1)[:, :cols]
+    uniform = (levels.astype(dtype) + 0.5) * (2.0 / 2**16) - 1
+    return jnp.sqrt(jnp.asarray(2.0, dtype)) * jax.lax.erf_inv(uniform)

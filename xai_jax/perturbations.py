@@ -1,0 +1,179 @@
+"""Neighbourhood sampling for local surrogates: Gaussian noise and Bernoulli feature masks."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+from jaxtyping import Array, Bool, Float, Int
+
+from xai_jax._checks import as_float_array, as_key, check_positive, check_positive_int, is_concrete
+
+
+def gaussian_perturbation(
+    key: ArrayLike,
+    x: Float[ArrayLike, "*features"],
+    num_samples: int,
+    *,
+    scale: Float[ArrayLike, "*features"] | float = 1.0,
+    mean: Float[ArrayLike, "*features"] | None = None,
+) -> Float[Array, " num_samples *features"]:
+    """Gaussian neighbourhood of one instance, row 0 being the instance itself.
+
+    Rows `1..num_samples-1` are `x + scale * N(0, 1)`, or `mean + scale * N(0, 1)` when `mean`
+    is given (lime's tabular sampling from training statistics). `scale` and `mean` broadcast
+    against `x` (one value per feature, say). The noise is drawn in `x`'s dtype. `vmap` over
+    instances with one key per instance (`jax.random.split(key, n)`).
+
+    Args:
+        key: a PRNG key (typed or legacy uint32).
+        x: one instance, any shape.
+        num_samples: rows in the result, including `x` itself (>= 1).
+        scale: standard deviation, a scalar or an array broadcastable to `x`.
+        mean: centre of the samples; None samples around `x`.
+
+    Returns:
+        `[num_samples, *x.shape]` samples.
+
+    Raises:
+        ValueError: `num_samples < 1`, `scale` that is negative or does not broadcast to `x`.
+        TypeError: `key` is not a PRNG key.
+
+    Example:
+        >>> import jax
+        >>> from xai_jax import gaussian_perturbation
+        >>> z = gaussian_perturbation(jax.random.key(0), jax.numpy.zeros(3), 4, scale=0.1)
+        >>> z.shape, bool((z[0] == 0).all())
+        ((4, 3), True)
+    """
+    key = as_key(key)
+    num_samples = check_positive_int("num_samples", num_samples)
+    x = as_float_array("x", x)
+    check_positive("scale", scale, allow_zero=True)
+    scale = jnp.broadcast_to(_broadcastable("scale", scale, x), x.shape)
+    centre = x if mean is None else jnp.broadcast_to(_broadcastable("mean", mean, x), x.shape)
+    noise = jax.random.normal(key, (num_samples - 1, *x.shape), dtype=x.dtype)
+    return jnp.concatenate([x[None], centre[None] + scale[None] * noise], axis=0)
+
+
+def bernoulli_perturbation(
+    key: ArrayLike,
+    x: Float[ArrayLike, "*features"],
+    num_samples: int,
+    *,
+    p: float = 0.5,
+    baseline: Float[ArrayLike, "*features"] | float = 0.0,
+    segments: Int[ArrayLike, "*features"] | None = None,
+    num_segments: int | None = None,
+) -> tuple[Bool[Array, "num_samples num_features"], Float[Array, " num_samples *features"]]:
+    """Random on/off masks over features (or segments) and the model inputs they give.
+
+    Each mask entry is 1 (feature kept) with probability `p`, independently; row 0 is all ones,
+    so `samples[0] == x`. Where a mask is 0 the input takes `baseline` (a scalar or an array
+    broadcastable to `x`, e.g. the mean colour of each superpixel as lime uses). For images pass
+    `segments`, an integer label map with the shape of `x` or of its leading axes (an `[H, W]`
+    map for an `[H, W, C]` image: a label covers all channels of its pixels) and labels
+    `0..num_segments-1`: one mask entry per segment switches all its pixels.
+    The masks compare raw uniform bits with `p * 2**32` (no floats are drawn).
+
+    Args:
+        key: a PRNG key (typed or legacy uint32).
+        x: one instance, any shape.
+        num_samples: rows, including the all-ones mask (>= 1).
+        p: probability that a feature is kept, in [0, 1].
+        baseline: value of switched-off features.
+        segments: optional integer label map over `x` or its leading axes; None makes every
+            element of `x` a feature.
+        num_segments: number of segment labels. Required when `segments` is traced (under
+            `jit`; pixels with a label outside `[0, num_segments)` then become NaN);
+            otherwise `segments.max() + 1`.
+
+    Returns:
+        `(masks, samples)`: `masks` `[num_samples, num_features]` booleans and `samples`
+        `[num_samples, *x.shape]`.
+
+    Raises:
+        ValueError: `num_samples < 1`, `p` outside [0, 1], segments with negative labels, labels
+            `>= num_segments`, a `segments` shape that is not a leading part of `x`'s, or a
+            `baseline` that does not broadcast to `x`.
+        TypeError: `key` is not a PRNG key, or `segments` is not an integer array.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from xai_jax import bernoulli_perturbation
+        >>> image = jnp.ones((2, 2))
+        >>> masks, samples = bernoulli_perturbation(
+        ...     jax.random.key(0), image, 5, segments=jnp.array([[0, 0], [1, 1]]))
+        >>> masks.shape, samples.shape, bool(masks[0].all())
+        ((5, 2), (5, 2, 2), True)
+    """
+    key = as_key(key)
+    num_samples = check_positive_int("num_samples", num_samples)
+    x = as_float_array("x", x)
+    if is_concrete(p) and not 0 <= float(p) <= 1:
+        raise ValueError(f"p must be in [0, 1], got {p}")
+    baseline = jnp.broadcast_to(_broadcastable("baseline", baseline, x), x.shape)
+
+    if segments is None:
+        num_features = math.prod(x.shape)
+    else:
+        segments, num_features = _check_segments(segments, num_segments, x)
+
+    masks = _bernoulli_bits(key, p, (num_samples - 1, num_features))
+    masks = jnp.concatenate([jnp.ones((1, num_features), bool), masks], axis=0)
+    if segments is None:
+        keep = masks.reshape(num_samples, *x.shape)
+    else:
+        trailing = (1,) * (x.ndim - segments.ndim)
+        labels = jnp.broadcast_to(segments.reshape(segments.shape + trailing), x.shape)
+        keep = masks[:, labels]
+    samples = jnp.where(keep, x[None], baseline[None])
+    if segments is not None and not is_concrete(segments):
+        # Unchecked labels: an out-of-range one gives NaN inputs rather than a clamped mask.
+        valid = (labels >= 0) & (labels < num_features)
+        samples = jnp.where(valid[None], samples, jnp.nan)
+    return masks, samples
+
+
+def _broadcastable(name: str, value, x: jax.Array) -> jax.Array:
+    arr = jnp.asarray(value, dtype=x.dtype)
+    try:
+        jnp.broadcast_shapes(arr.shape, x.shape)
+    except ValueError as err:
+        raise ValueError(f"{name} of shape {arr.shape} does not broadcast to x {x.shape}") from err
+    if jnp.broadcast_shapes(arr.shape, x.shape) != x.shape:
+        raise ValueError(f"{name} of shape {arr.shape} would enlarge x of shape {x.shape}")
+    return arr
+
+
+def _check_segments(segments, num_segments, x):
+    segments = jnp.asarray(segments)
+    if not jnp.issubdtype(segments.dtype, jnp.integer):
+        raise TypeError(f"segments must be an integer label map, got dtype {segments.dtype}")
+    if segments.shape != x.shape[: segments.ndim]:
+        raise ValueError(
+            f"segments of shape {segments.shape} must match x {x.shape} or its leading axes"
+        )
+    if is_concrete(segments):
+        labels = np.asarray(segments)
+        if labels.size == 0:
+            raise ValueError("segments is empty")
+        if labels.min() < 0:
+            raise ValueError(f"segments labels must be >= 0, got {labels.min()}")
+        if num_segments is None:
+            num_segments = int(labels.max()) + 1
+        elif labels.max() >= num_segments:
+            raise ValueError(f"segments has label {labels.max()} but num_segments={num_segments}")
+    elif num_segments is None:
+        raise ValueError("num_segments is required when segments is traced (under jit)")
+    return segments, check_positive_int("num_segments", num_segments)
+
+
+def _bernoulli_bits(key: jax.Array, p, shape: tuple[int, ...]) -> jax.Array:
+    """`P(True) = p` by comparing raw uint32 bits with `p * 2**32` (no float conversion)."""
+    # 2**32 - 256 is the largest float32 below 2**32, so the cast cannot overflow; p >= 1 is
+    # handled by the `|` below.
+    threshold = jnp.clip(jnp.asarray(p, jnp.float32) * 2.0**32, 0, 2.0**32 - 256)
+    bits = jax.random.bits(key, shape, jnp.uint32)
+    return (bits < threshold.astype(jnp.uint32)) | (jnp.asarray(p) >= 1)

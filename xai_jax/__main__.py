@@ -1,0 +1,37 @@
+"""Command line: `python -m xai_jax demo` and `python -m xai_jax bench`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xai_jax")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="explain digits with the kernels, end to end")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--digits", type=int, default=3, help="how many test digits to explain")
+    commands.add_parser(
+        "bench", help="benchmark suite (needs the bench extra); options as benchmarks/run.py"
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        from xai_jax._demo import main as demo_main
+
+        demo_main(seed=args.seed, num_digits=args.digits)
+        return 0
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "run.py").exists():
+        parser.error("the benchmarks live in the source checkout: run from a clone of xai_jax")
+    sys.path.insert(0, str(root))
+    from benchmarks.run import main as bench_main
+
+    return bench_main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+_PAUSE_S = 0.2  # lets other libraries' spinning worker threads go idle before a block
+
 
 class Timing(NamedTuple):
     """Seconds per call: median and minimum over `repeats` timed calls."""
@@ -34,36 +36,38 @@ def time_fn(fn: Callable[..., Any], *args: Any, repeats: int, warmup: int) -> Ti
 
 
 def time_interleaved(
-    fns: Mapping[str, Callable[[], Any]], *, repeats: int, warmup: int
+    fns: Mapping[str, Callable[[], Any]], *, repeats: int, warmup: int, rounds: int = 3
 ) -> dict[str, Timing]:
-    """Time several no-argument callables side by side, one call of each per round.
+    """Time several no-argument callables side by side, in alternating blocks of calls.
 
-    Alternating the contenders exposes them to the same load on a shared machine; the order is
-    rotated every round so that none always runs right after another.
+    Each of `rounds` rounds runs a block of calls of every contender in turn, in a rotated
+    order, so all of them see the same load on a shared machine. Blocks, not single calls: on
+    2 cores, NumPy's OpenBLAS threads keep spin-waiting after a call and would steal a core from
+    whoever runs right after; a pause and an untimed call open every block.
     """
     names = list(fns)
     for _ in range(warmup):
         for name in names:
             _seconds(fns[name], ())
+    rounds = max(1, min(rounds, repeats))
+    per_block = -(-repeats // rounds)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(repeats):
+    for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            times[name].append(_seconds(fns[name], ()))
+            time.sleep(_PAUSE_S)
+            _seconds(fns[name], ())
+            times[name] += [_seconds(fns[name], ()) for _ in range(per_block)]
     return {name: Timing(statistics.median(t), min(t), len(t)) for name, t in times.items()}
 
 
-def matmul_gflops(*, size: int = 2048, repeats: int, warmup: int) -> tuple[float, float]:
-    """This machine's float32 matmul throughput, `(median-based, min-based)` GFLOP/s.
-
-    A jitted `jnp.dot` of two `size x size` float32 matrices, `2 size^3` FLOPs per call.
-    """
+def matmul_call(size: int = 2048) -> tuple[Callable[[], Any], float]:
+    """A jitted float32 `size^3` `jnp.dot` and its FLOP count: the throughput ceiling."""
     ka, kb = jax.random.split(jax.random.key(0))
     a = jax.random.normal(ka, (size, size), jnp.float32)
     b = jax.random.normal(kb, (size, size), jnp.float32)
-    timing = time_fn(jax.jit(jnp.dot), a, b, repeats=repeats, warmup=warmup)
-    flops = 2.0 * size**3
-    return flops / timing.median / 1e9, flops / timing.min / 1e9
+    dot = jax.jit(jnp.dot)
+    return (lambda: dot(a, b)), 2.0 * size**3
 
 
 class Context:
@@ -73,30 +77,40 @@ class Context:
         self.quick = quick
         self.warmup = 1 if quick else 2
         self.warnings: list[str] = []
-        self._matmul: tuple[float, float] | None = None
+        self._matmul_fn, self._matmul_flops = matmul_call()
+        self._matmul_runs: list[float] = []
 
     def repeats(self, full: int) -> int:
         """Timed repeats for a case that gets `full` in a full run (3 in a quick one)."""
         return min(full, 3) if self.quick else full
 
-    def time(self, fns: Mapping[str, Callable[[], Any]], *, repeats: int) -> dict[str, Timing]:
-        """`time_interleaved` with this run's warm-up and repeat policy."""
-        return time_interleaved(fns, repeats=self.repeats(repeats), warmup=self.warmup)
+    def time(
+        self, fns: Mapping[str, Callable[[], Any]], *, repeats: int, matmul: bool = False
+    ) -> dict[str, Timing]:
+        """`time_interleaved` with this run's warm-up and repeat policy.
+
+        With `matmul=True` the f32 2048^3 `jnp.dot` runs as one more contender, so the ceiling
+        a case is compared with is measured under the same load; `self.gflops(timings)` reads it.
+        """
+        fns = dict(fns)
+        if matmul:
+            fns["matmul"] = self._matmul_fn
+        timings = time_interleaved(fns, repeats=self.repeats(repeats), warmup=self.warmup)
+        if matmul:
+            self._matmul_runs.append(self.gflops(timings))
+        return timings
+
+    def gflops(self, timings: Mapping[str, Timing]) -> float:
+        """Median-based matmul GFLOP/s from timings taken with `matmul=True`."""
+        return self._matmul_flops / timings["matmul"].median / 1e9
 
     @property
     def matmul(self) -> dict[str, float] | None:
-        """Median- and min-based matmul GFLOP/s if measured in this run, else None."""
-        if self._matmul is None:
+        """Median and range of the matmul GFLOP/s measured so far in this run, else None."""
+        if not self._matmul_runs:
             return None
-        return {"median": self._matmul[0], "min": self._matmul[1]}
-
-    @property
-    def matmul_gflops(self) -> float:
-        """Median-based f32 matmul GFLOP/s, measured on first use and kept for the run."""
-        if self._matmul is None:
-            self._matmul = matmul_gflops(repeats=self.repeats(15), warmup=self.warmup)
-            print(f"f32 matmul 2048^3: {self._matmul[0]:.0f} GFLOP/s (median)", flush=True)
-        return self._matmul[0]
+        runs = self._matmul_runs
+        return {"median": statistics.median(runs), "min": min(runs), "max": max(runs)}
 
     def warn(self, message: str) -> None:
         print(f"WARNING: {message}", flush=True)

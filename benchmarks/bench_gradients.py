@@ -96,11 +96,12 @@ def bench_numerical_gradient(ctx: Context) -> dict:
             "autodiff": lambda: autodiff(x_device),
         },
         repeats=15,
+        matmul=True,
     )
     peer_grad = num_grad_batch(np_model, x, eps=EPS)
     ours_grad, exact = np.asarray(ours(x_device)), np.asarray(autodiff(x_device))
     evaluations = 2 * BATCH * _mlp.SIZES[0]  # perturbed rows the model sees
-    floor_s = _mlp.model_flops(evaluations) / (ctx.matmul_gflops * 1e9)
+    floor_s = _mlp.model_flops(evaluations) / (ctx.gflops(timings) * 1e9)
     peer, ours_t, autodiff_t = timings["peer"], timings["ours"], timings["autodiff"]
     cases = [
         record(

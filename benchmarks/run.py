@@ -104,7 +104,10 @@ def render(report: dict) -> str:
     matmul = report["matmul_gflops"]
     lines = [f"## {report['benchmark']}{quick}", "", f"{report['date']}. "]
     if matmul:
-        lines[-1] += f"f32 matmul in this run: {matmul['median']:.0f} GFLOP/s (median). "
+        lines[-1] += (
+            f"f32 2048^3 matmul in this run: {matmul['median']:.0f} GFLOP/s "
+            f"(range {matmul['min']:.0f}-{matmul['max']:.0f} over the cases it was timed with). "
+        )
     lines[-1] += "ratio = peer / ours (medians; 'of mins': minimums)."
     lines += ["", f"- peer: {report['peer']}", f"- ours: {report['ours']}"]
     lines += [f"- {note}" for note in report.get("notes", [])]

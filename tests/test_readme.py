@@ -15,7 +15,7 @@ def test_readme_examples_run():
     for block in blocks:
         namespace = {}
         with jax.numpy_rank_promotion("allow"):  # users' code need not be strict
-            exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+            exec(compile(block, str(README), "exec"), namespace)
     coefs = np.asarray(namespace["coefs"])
     # the black box is tanh(x . [0, 1, 2, 3]) around 0: LIME's slopes follow [0, 1, 2, 3]
     assert coefs.shape == (8, 4)

@@ -195,11 +195,12 @@ def urv_gradient(
 
     def chunk(index):
         u = _quantized_normal(jax.random.fold_in(key, index), (batch_size, dim), x.dtype)
-        u = u * jax.lax.rsqrt(jnp.sum(u * u, axis=1, keepdims=True))
-        delta = jnp.asarray(batched_fn(flat[None] + mu * u), x.dtype) - f0
+        # Unit directions are u_i / |u_i|; the scale rides along instead of a normalised copy.
+        inv_norm = jax.lax.rsqrt(jnp.sum(u * u, axis=1))
+        delta = jnp.asarray(batched_fn(flat[None] + (mu * inv_norm)[:, None] * u), x.dtype) - f0
         # The last chunk may run past num_samples: those directions do not count.
-        delta = jnp.where(index * batch_size + jnp.arange(batch_size) < num_samples, delta, 0)
-        return delta @ u
+        valid = index * batch_size + jnp.arange(batch_size) < num_samples
+        return jnp.where(valid, delta * inv_norm, 0) @ u
 
     total = chunk(0) if num_chunks == 1 else jax.lax.map(chunk, jnp.arange(num_chunks)).sum(0)
     return (total * (dim / (mu * num_samples))).reshape(x.shape)

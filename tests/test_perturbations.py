@@ -86,7 +86,7 @@ def test_bernoulli_segments_under_jit_need_num_segments():
         (lambda: gaussian_perturbation(KEY, jnp.ones(3), 2.5), TypeError, "num_samples must be an int"),
         (lambda: gaussian_perturbation(KEY, jnp.ones(3), 4, scale=-1.0), ValueError, "scale must be >= 0"),
         (lambda: gaussian_perturbation(KEY, jnp.ones(3), 4, scale=jnp.ones(4)), ValueError, "scale of shape"),
-        (lambda: gaussian_perturbation(KEY, jnp.ones(3), 4, mean=jnp.ones((2, 3))), ValueError, "would enlarge"),
+        (lambda: gaussian_perturbation(KEY, jnp.ones(3), 4, mean=jnp.ones((2, 3))), ValueError, "mean of shape .2, 3. does not broadcast"),
         (lambda: gaussian_perturbation(0, jnp.ones(3), 4), TypeError, "key must be a PRNG key"),
         (lambda: bernoulli_perturbation(KEY, jnp.ones(3), 4, p=1.5), ValueError, r"p must be in \[0, 1\]"),
         (lambda: bernoulli_perturbation(KEY, jnp.ones(3), 0), ValueError, "num_samples must be >= 1"),

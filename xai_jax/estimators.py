@@ -88,6 +88,7 @@ def numerical_gradient(
     steps = jnp.broadcast_to(steps, flat.shape)
 
     def chunk(start):
+        # Pairs past the end (padding of the last chunk) repeat the last pair; trimmed below.
         pair = jnp.minimum(start + jnp.arange(pairs_per_chunk), num_pairs - 1)
         row, feature = pair // num_features, pair % num_features
         base = flat[row]
@@ -100,8 +101,8 @@ def numerical_gradient(
         diff = out[:pairs_per_chunk] - out[pairs_per_chunk:]
         return diff / taken[:, None].astype(diff.dtype)
 
-    starts = jnp.arange(num_chunks) * pairs_per_chunk
-    grads = jax.lax.map(chunk, starts).reshape(num_chunks * pairs_per_chunk, -1)[:num_pairs]
+    grads = _map_chunks(chunk, num_chunks, pairs_per_chunk)
+    grads = grads.reshape(num_chunks * pairs_per_chunk, -1)[:num_pairs]
     grads = grads.reshape(batch, num_features, -1).transpose(0, 2, 1)
     return grads.reshape(out_shape + feature_shape)
 
@@ -193,17 +194,26 @@ def urv_gradient(
     batched_fn = jax.vmap(lambda v: fn(v.reshape(x.shape)))
     f0 = jnp.asarray(fn(x), x.dtype)
 
-    def chunk(index):
+    def chunk(start):
+        index = start // batch_size
         u = _quantized_normal(jax.random.fold_in(key, index), (batch_size, dim), x.dtype)
         # Unit directions are u_i / |u_i|; the scale rides along instead of a normalised copy.
         inv_norm = jax.lax.rsqrt(jnp.sum(u * u, axis=1))
         delta = jnp.asarray(batched_fn(flat[None] + (mu * inv_norm)[:, None] * u), x.dtype) - f0
         # The last chunk may run past num_samples: those directions do not count.
-        valid = index * batch_size + jnp.arange(batch_size) < num_samples
+        valid = start + jnp.arange(batch_size) < num_samples
         return jnp.where(valid, delta * inv_norm, 0) @ u
 
-    total = chunk(0) if num_chunks == 1 else jax.lax.map(chunk, jnp.arange(num_chunks)).sum(0)
+    total = _map_chunks(chunk, num_chunks, batch_size).sum(0)
     return (total * (dim / (mu * num_samples))).reshape(x.shape)
+
+
+def _map_chunks(chunk: Callable[[jax.Array], jax.Array], num_chunks: int, size: int):
+    """`[chunk(0), chunk(size), ...]` stacked: one `lax.map` (bounded memory, one compiled
+    body), or a plain call when a single chunk covers everything."""
+    if num_chunks == 1:
+        return chunk(jnp.asarray(0))[None]  # default int dtype, as arange below
+    return jax.lax.map(chunk, jnp.arange(num_chunks) * size)
 
 
 def _quantized_normal(key: jax.Array, shape: tuple[int, int], dtype) -> jax.Array:

@@ -51,8 +51,8 @@ def gaussian_perturbation(
     num_samples = check_positive_int("num_samples", num_samples)
     x = as_float_array("x", x)
     check_positive("scale", scale, allow_zero=True)
-    scale = jnp.broadcast_to(_broadcastable("scale", scale, x), x.shape)
-    centre = x if mean is None else jnp.broadcast_to(_broadcastable("mean", mean, x), x.shape)
+    scale = _broadcast_to_x("scale", scale, x)
+    centre = x if mean is None else _broadcast_to_x("mean", mean, x)
     noise = jax.random.normal(key, (num_samples - 1, *x.shape), dtype=x.dtype)
     return jnp.concatenate([x[None], centre[None] + scale[None] * noise], axis=0)
 
@@ -113,7 +113,7 @@ def bernoulli_perturbation(
     x = as_float_array("x", x)
     if is_concrete(p) and not 0 <= float(p) <= 1:
         raise ValueError(f"p must be in [0, 1], got {p}")
-    baseline = jnp.broadcast_to(_broadcastable("baseline", baseline, x), x.shape)
+    baseline = _broadcast_to_x("baseline", baseline, x)
 
     if segments is None:
         num_features = math.prod(x.shape)
@@ -136,15 +136,16 @@ def bernoulli_perturbation(
     return masks, samples
 
 
-def _broadcastable(name: str, value, x: jax.Array) -> jax.Array:
+def _broadcast_to_x(name: str, value, x: jax.Array) -> jax.Array:
+    """`value` in `x`'s dtype, broadcast to `x`'s shape (never enlarging it)."""
     arr = jnp.asarray(value, dtype=x.dtype)
     try:
-        jnp.broadcast_shapes(arr.shape, x.shape)
-    except ValueError as err:
-        raise ValueError(f"{name} of shape {arr.shape} does not broadcast to x {x.shape}") from err
-    if jnp.broadcast_shapes(arr.shape, x.shape) != x.shape:
-        raise ValueError(f"{name} of shape {arr.shape} would enlarge x of shape {x.shape}")
-    return arr
+        fits = jnp.broadcast_shapes(arr.shape, x.shape) == x.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{name} of shape {arr.shape} does not broadcast to x of shape {x.shape}")
+    return jnp.broadcast_to(arr, x.shape)
 
 
 def _check_segments(segments, num_segments, x):

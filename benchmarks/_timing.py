@@ -27,14 +27,6 @@ def _seconds(fn: Callable[..., Any], args: tuple) -> float:
     return time.perf_counter() - start
 
 
-def time_fn(fn: Callable[..., Any], *args: Any, repeats: int, warmup: int) -> Timing:
-    """Time `fn(*args)`: `warmup` untimed calls, then `repeats` timed ones."""
-    for _ in range(warmup):
-        _seconds(fn, args)
-    times = [_seconds(fn, args) for _ in range(repeats)]
-    return Timing(statistics.median(times), min(times), len(times))
-
-
 def time_interleaved(
     fns: Mapping[str, Callable[[], Any]], *, repeats: int, warmup: int, rounds: int = 3
 ) -> dict[str, Timing]:

@@ -90,9 +90,9 @@ def weighted_ridge(
     targets = y if y.ndim == 2 else y[:, None]  # [n, k]
 
     w_total = jnp.sum(w)
+    y_mean = (w @ targets)[None] / w_total  # [1, k]: centres y, and is R^2's baseline
     if fit_intercept:
         x_mean = (w @ X)[None] / w_total  # [1, d]
-        y_mean = (w @ targets)[None] / w_total  # [1, k]
         Xc, yc = X - x_mean, targets - y_mean
     else:
         Xc, yc = X, targets
@@ -102,9 +102,8 @@ def weighted_ridge(
     intercept = (y_mean - x_mean @ coef)[0] if fit_intercept else jnp.zeros(coef.shape[1], dtype)
 
     residual = targets - (X @ coef + intercept[None])
-    spread = targets - (w @ targets)[None] / w_total
     ss_res = w @ jnp.square(residual)
-    ss_tot = w @ jnp.square(spread)
+    ss_tot = w @ jnp.square(targets - y_mean)
     ok = ss_tot > 0
     score = jnp.where(ok, 1 - ss_res / jnp.where(ok, ss_tot, 1), jnp.where(ss_res == 0, 1.0, 0.0))
 

@@ -6,22 +6,39 @@ inside your own code; random functions take an explicit PRNG `key` first.
 
 from xai_jax.distances import pairwise_distances
 from xai_jax.estimators import numerical_gradient, urv_gradient
+from xai_jax.integrated_gradients import (
+    expected_gradients,
+    integrated_gradients,
+    layer_conductance,
+    layer_integrated_gradients,
+    neuron_conductance,
+    smoothgrad,
+)
 from xai_jax.kernels import exponential_kernel, shapley_kernel
 from xai_jax.perturbations import bernoulli_perturbation, gaussian_perturbation
 from xai_jax.quadrature import quadrature
 from xai_jax.surrogates import RidgeFit, weighted_ridge
+from xai_jax.wrappers import Explanation, IntegratedGradients
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Explanation",
+    "IntegratedGradients",
     "RidgeFit",
     "bernoulli_perturbation",
+    "expected_gradients",
     "exponential_kernel",
     "gaussian_perturbation",
+    "integrated_gradients",
+    "layer_conductance",
+    "layer_integrated_gradients",
+    "neuron_conductance",
     "numerical_gradient",
     "pairwise_distances",
     "quadrature",
     "shapley_kernel",
+    "smoothgrad",
     "urv_gradient",
     "weighted_ridge",
 ]

@@ -1,0 +1,870 @@
+"""Integrated gradients and its layer, neuron, noise-tunnel and expected-gradients variants.
+
+All of them evaluate the model on many points between a baseline and the input. The points of
+all examples of one chunk of steps go to the model as one batch of rows (`[steps * batch, ...]`,
+step-major as in Captum), which is what XLA:CPU runs fastest, and the chunks are summed by
+`xai_jax._chunks.run`: a host loop over one compiled chunk when called eagerly, a `lax.scan`
+under the caller's `jit`. Peak memory is one chunk's, whatever `n_steps` or `num_samples`.
+"""
+
+import functools
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float, PyTree
+
+from xai_jax import _chunks
+from xai_jax._checks import (
+    as_float_array,
+    as_key,
+    check_choice,
+    check_positive,
+    check_positive_int,
+    is_concrete,
+)
+from xai_jax.quadrature import _rule, quadrature
+
+NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs, baselines, targets: checked once at the boundary.
+
+
+class _Inputs(NamedTuple):
+    x: Any  # pytree of float arrays with a common leading batch axis
+    batch: int
+
+
+def _as_inputs(x) -> _Inputs:
+    leaves, treedef = jax.tree.flatten(x)
+    if not leaves:
+        raise ValueError("x must be an array or a non-empty pytree of arrays")
+    leaves = [as_float_array("x", leaf, min_ndim=1) for leaf in leaves]
+    sizes = {leaf.shape[0] for leaf in leaves}
+    if len(sizes) != 1:
+        shapes = [leaf.shape for leaf in leaves]
+        raise ValueError(f"every leaf of x needs the same leading batch size, got shapes {shapes}")
+    batch = sizes.pop()
+    if batch == 0:
+        raise ValueError("x has an empty batch (leading axis of size 0)")
+    return _Inputs(jax.tree.unflatten(treedef, leaves), batch)
+
+
+def _as_baselines(baselines, x, name: str = "baselines"):
+    """Baselines with the full shape of `x` (Captum's rules: scalar, `[1, ...]` or `x`'s shape)."""
+    if baselines is None:
+        return jax.tree.map(jnp.zeros_like, x)
+    treedef = jax.tree.structure(x)
+    if jax.tree.structure(baselines) != treedef:
+        if _is_scalar(baselines):
+            baselines = jax.tree.unflatten(treedef, [baselines] * treedef.num_leaves)
+        else:
+            raise ValueError(
+                f"{name} must be None, a scalar, or have the structure of x ({treedef}), "
+                f"got {jax.tree.structure(baselines)}"
+            )
+
+    def one(b, leaf):
+        b = as_float_array(name, b)
+        if b.shape != () and b.shape not in ((1, *leaf.shape[1:]), leaf.shape):
+            raise ValueError(
+                f"{name} must be a scalar or of shape {(1, *leaf.shape[1:])} or {leaf.shape} "
+                f"to match x, got shape {b.shape}"
+            )
+        return jnp.broadcast_to(b.astype(leaf.dtype), leaf.shape)
+
+    return jax.tree.map(one, baselines, x)
+
+
+def _is_scalar(value) -> bool:
+    return isinstance(value, numbers.Number) or getattr(value, "shape", None) == ()
+
+
+def _as_forward_kwargs(forward_kwargs, batch: int) -> dict:
+    if forward_kwargs is None:
+        return {}
+    if not isinstance(forward_kwargs, Mapping):
+        raise TypeError(f"forward_kwargs must be a dict, got {type(forward_kwargs).__name__}")
+    out = {}
+    for name, value in forward_kwargs.items():
+        value = jnp.asarray(value)
+        if value.ndim == 0 or value.shape[0] != batch:
+            raise ValueError(
+                f"forward_kwargs[{name!r}] must have the batch size {batch} as leading axis, "
+                f"got shape {value.shape}"
+            )
+        out[name] = value
+    return out
+
+
+class _Target(NamedTuple):
+    index: jax.Array | None  # flat index into each example's output, [batch] int32
+    valid: jax.Array | None  # [batch] bool, only when the target was traced (cannot raise)
+
+
+def _as_target(target, out: jax.ShapeDtypeStruct, batch: int) -> _Target:
+    """Flat per-example output index by alibi's rules, range-checked when concrete."""
+    shape = tuple(out.shape[1:])
+    size = math.prod(shape)
+    if target is None:
+        if size != 1:
+            raise ValueError(
+                f"target is required: the model returns {shape} values per example; pass an "
+                "int, an int array [batch]"
+                + (f", or an int matrix [batch, {len(shape)}]" if len(shape) > 1 else "")
+            )
+        return _Target(None, None)
+    if not shape:
+        raise ValueError("target must be None: the model returns one value per example")
+    t = jnp.asarray(target)
+    if not jnp.issubdtype(t.dtype, jnp.integer):
+        raise TypeError(f"target must be integer, got dtype {t.dtype}")
+    if len(shape) == 1:
+        if t.shape not in ((), (batch,)):
+            raise ValueError(f"target must be an int or of shape ({batch},), got {t.shape}")
+        t = jnp.broadcast_to(t, (batch,))[:, None]
+    elif t.shape != (batch, len(shape)):
+        raise ValueError(
+            f"target must be an int matrix of shape ({batch}, {len(shape)}) for an output of "
+            f"shape {out.shape}, got {t.shape}"
+        )
+    dims = np.asarray(shape)
+    if is_concrete(t):
+        bad = (np.asarray(t) < 0) | (np.asarray(t) >= dims)
+        if bad.any():
+            rows = np.nonzero(bad.any(axis=1))[0][:5]
+            raise ValueError(
+                f"target out of range for an output of shape {out.shape}: rows {rows.tolist()} "
+                f"have {np.asarray(t)[rows].tolist()} (valid: 0 <= target < {shape})"
+            )
+        valid = None
+    else:  # cannot raise on traced data: the example's attribution becomes NaN instead
+        valid = jnp.all((t >= 0) & (t < jnp.asarray(dims)[None]), axis=1)
+    strides = np.cumprod((1, *shape[:0:-1]))[::-1]
+    index = jnp.sum(
+        t.astype(jnp.int32) * jnp.asarray(strides, jnp.int32)[None], axis=1, dtype=jnp.int32
+    )
+    return _Target(index, valid)
+
+
+def _model_output(fn: Callable, x, kwargs: dict) -> jax.ShapeDtypeStruct:
+    out = _shape_of(fn, x, kwargs)
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim == 0:
+        raise TypeError(f"fn must return one array with a leading batch axis, got {out}")
+    return out
+
+
+def _check_internal_batch_size(internal_batch_size) -> int | None:
+    if internal_batch_size is None:
+        return None
+    return check_positive_int("internal_batch_size", internal_batch_size)
+
+
+def _chunking(
+    n: int, batch: int, internal_batch_size: int | None, overlap: int = 0
+) -> tuple[int, int]:
+    """`(num_chunks, per_chunk)` with at most `internal_batch_size` rows (at least one step of
+    every example per chunk, as Captum; `overlap` extra points per chunk), the `n` items spread
+    evenly so that padding wastes less than one item per chunk."""
+    limit = n
+    if internal_batch_size is not None:
+        limit = max(1, internal_batch_size // batch - overlap)
+    num_chunks = -(-n // limit)
+    return num_chunks, -(-n // num_chunks)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared kernel pieces.
+
+
+def _rows(value: jax.Array, k: int) -> jax.Array:
+    """`[batch, ...]` repeated `k` times step-major: `[k * batch, ...]`."""
+    return jnp.broadcast_to(value[None], (k, *value.shape)).reshape(-1, *value.shape[1:])
+
+
+def _path(x, baselines, alphas: jax.Array):
+    """Points `b + a_k (x - b)` of every example for each alpha, as `[k * batch, ...]` rows."""
+
+    def one(xi, bi):
+        a = alphas.astype(xi.dtype).reshape(-1, *([1] * xi.ndim))
+        return (bi[None] + a * (xi - bi)[None]).reshape(-1, *xi.shape[1:])
+
+    return jax.tree.map(one, x, baselines)
+
+
+def _per_step_sum(tree, k: int):
+    return jax.tree.map(lambda v: v.reshape(k, -1, *v.shape[1:]).sum(0), tree)
+
+
+def _selected(out: jax.Array, index: jax.Array | None) -> jax.Array:
+    """The target output of each row: `out[r].ravel()[index[r]]`, `[rows]`."""
+    flat = out.reshape(out.shape[0], -1)
+    if index is None:
+        return flat[:, 0]
+    hit = jnp.arange(flat.shape[1], dtype=jnp.int32)[None] == index[:, None]
+    return jnp.sum(jnp.where(hit, flat, jnp.zeros((), flat.dtype)), axis=1)
+
+
+def _weighted_target_grad(fn: Callable, points, kwargs: dict, index, row_weights):
+    """Gradient of `sum_r w_r F_target(points_r)` w.r.t. the points (per row: `w_r dF/dx`)."""
+
+    def total(p):
+        out = fn(p, **kwargs)
+        return jnp.sum(_selected(out, index) * row_weights.astype(out.dtype))
+
+    return jax.grad(total)(points)
+
+
+def _rows_of(ops: dict, k: int):
+    """Keyword arguments and target indices repeated for `k` steps."""
+    kwargs = {name: _rows(v, k) for name, v in ops["kwargs"].items()}
+    index = None if ops["index"] is None else _rows(ops["index"], k)
+    return kwargs, index
+
+
+def _leaf_sums(tree, batch: int) -> jax.Array:
+    return sum(leaf.reshape(batch, -1).sum(axis=1) for leaf in jax.tree.leaves(tree))
+
+
+def _end_difference(model: Callable, ops: dict) -> jax.Array:
+    """`F_target(x) - F_target(baseline)` per example, in one model call on `[x; baseline]`."""
+    batch = jax.tree.leaves(ops["x"])[0].shape[0]
+    both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ops["x"], ops["baselines"])
+    kwargs, index = _rows_of(ops, 2)
+    f = _selected(model(both, **kwargs), index)
+    return f[:batch] - f[batch:]
+
+
+def _mark_invalid(tree, valid):
+    if valid is None:
+        return tree
+    return jax.tree.map(
+        lambda v: jnp.where(valid.reshape(-1, *([1] * (v.ndim - 1))), v, jnp.nan), tree
+    )
+
+
+def _quadrature_chunks(method: str, n: int, num_chunks: int, per_chunk: int, overlap: bool):
+    """Alphas and weights as `[num_chunks, per_chunk (+1 with overlap)]` NumPy tables.
+
+    Padding repeats the last alpha with weight 0 (a real path point, so it cannot add NaN);
+    with `overlap` (conductance) chunk `c` also holds the first point of chunk `c + 1`.
+    """
+    alphas, weights = _rule(method, n + 1 if overlap else n)
+    total = num_chunks * per_chunk + (1 if overlap else 0)
+    pad = total - len(alphas)
+    alphas = np.concatenate([alphas, np.full(pad, alphas[-1])])
+    weights = np.concatenate([weights, np.zeros(pad)])[: num_chunks * per_chunk]
+    starts = np.arange(num_chunks)[:, None] * per_chunk
+    width = per_chunk + (1 if overlap else 0)
+    return alphas[starts + np.arange(width)], weights.reshape(num_chunks, per_chunk)
+
+
+def _table(values: np.ndarray, like) -> jax.Array:
+    return jnp.asarray(values, dtype=jax.tree.leaves(like)[0].dtype)
+
+
+class _Config(NamedTuple):
+    fn: Callable  # the model (IG, EG) or the attribution function (smoothgrad)
+    head_fn: Callable | None = None  # layer methods: model = head_fn(layer_fn(x))
+    per_chunk: int = 1
+    multiply_by_inputs: bool = True
+    delta: bool = False
+    neuron: tuple[int, ...] | None = None
+    nt_type: str = "smoothgrad"
+    num_samples: int = 1
+
+
+def _check_method(method: str, n_steps) -> None:
+    quadrature(method, n_steps)  # raises for an unknown method or too few steps
+
+
+# --------------------------------------------------------------------------------------------
+# integrated_gradients
+
+
+def integrated_gradients(
+    fn: Callable[..., ArrayLike],
+    x: PyTree[Float[ArrayLike, " batch ..."]],
+    baselines: PyTree[ArrayLike] | float | None = None,
+    *,
+    target: ArrayLike | None = None,
+    method: str = "gausslegendre",
+    n_steps: int = 50,
+    internal_batch_size: int | None = None,
+    multiply_by_inputs: bool = True,
+    return_convergence_delta: bool = False,
+    forward_kwargs: Mapping[str, ArrayLike] | None = None,
+) -> PyTree[Float[Array, " batch ..."]] | tuple[PyTree[Float[Array, " batch ..."]], Array]:
+    """Integrated gradients of `fn` at `x`, with Captum's numbers for every quadrature rule.
+
+    `attr = (x - b) * sum_k w_k dF_t(b + a_k (x - b))/dx` with `(a_k, w_k) = quadrature(method,
+    n_steps)`, `F_t` the target output. Completeness: `sum(attr) ~= F_t(x) - F_t(b)`.
+
+    Differentiable (attribution priors: `jax.grad` of a loss of the attributions w.r.t. the
+    model's parameters), jittable and vmappable. With `internal_batch_size`, at most that many
+    path points go through the model at once (at least one step of all examples, as in
+    Captum), so peak memory does not grow with `n_steps`. Called eagerly, the chunks run as a
+    host loop over one compiled chunk (as fast as unchunked, often faster: buffers stay in
+    cache); under your own `jit` they run as a `lax.scan`, where XLA:CPU computes the gradient of
+    convolutions several times slower: with convolutional models inside `jit`, prefer
+    `internal_batch_size=None` when memory allows.
+
+    Args:
+        fn: model mapping a batch (an array, or the pytree `x`) to outputs `[batch, ...]`.
+        x: inputs with a leading batch axis: an array or a pytree of arrays (multi-input models);
+            attributions have the same structure.
+        baselines: start of the path: None (zeros), a scalar, or `x`'s structure with leaves
+            that are scalars, `[1, ...]` or of the leaf's full shape.
+        target: which output: None for one output per example; an int or an int array
+            `[batch]` for outputs `[batch, k]`; an int matrix `[batch, rank - 1]` for outputs of
+            higher rank (alibi's rules). Out of range raises on concrete targets; a traced
+            out-of-range target makes that example's attributions NaN.
+        method: `riemann_left`, `riemann_right`, `riemann_middle`, `riemann_trapezoid`,
+            `gausslegendre`.
+        n_steps: number of path points.
+        internal_batch_size: largest number of path points per model call (None: all at once).
+        multiply_by_inputs: multiply the integrated gradient by `x - b` (Captum's default);
+            False returns the integrated gradient itself.
+        return_convergence_delta: also return `delta = sum(attr) - (F_t(x) - F_t(b))`.
+        forward_kwargs: per-example arrays passed to `fn` as keyword arguments, repeated along
+            the path and not attributed.
+
+    Returns:
+        Attributions shaped like `x`, or `(attributions, delta [batch])`.
+
+    Raises:
+        ValueError: unknown `method`, too few `n_steps`, mismatched `baselines` or
+            `forward_kwargs`, missing or out-of-range `target`.
+        TypeError: non-integer `target`, a model that does not return one array.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from xai_jax import integrated_gradients
+        >>> w = jnp.array([[1.0, -1.0], [2.0, 0.5]])
+        >>> fn = lambda x: jnp.tanh(x) @ w
+        >>> x = jnp.array([[0.5, -1.0]])
+        >>> attr, delta = integrated_gradients(fn, x, target=0, return_convergence_delta=True)
+        >>> attr
+        Array([[ 0.462..., -1.523...]], dtype=float32)
+        >>> bool(abs(delta[0]) < 1e-5)
+        True
+    """
+    _check_method(method, n_steps)
+    ibs = _check_internal_batch_size(internal_batch_size)
+    inputs = _as_inputs(x)
+    ops = _ig_operands(fn, inputs, baselines, target, forward_kwargs)
+    num_chunks, per_chunk = _chunking(n_steps, inputs.batch, ibs)
+    alphas, weights = _quadrature_chunks(method, n_steps, num_chunks, per_chunk, overlap=False)
+    ops["alphas"], ops["weights"] = _table(alphas, inputs.x), _table(weights, inputs.x)
+    config = _Config(
+        fn,
+        per_chunk=per_chunk,
+        multiply_by_inputs=bool(multiply_by_inputs),
+        delta=bool(return_convergence_delta),
+    )
+    init = jax.tree.map(jnp.zeros_like, inputs.x)
+    return _chunks.run(_ig_chunk, _ig_finish, config, ops, init, num_chunks)
+
+
+def _ig_operands(model: Callable, inputs: _Inputs, baselines, target, forward_kwargs) -> dict:
+    kwargs = _as_forward_kwargs(forward_kwargs, inputs.batch)
+    b = _as_baselines(baselines, inputs.x)
+    t = _as_target(target, _model_output(model, inputs.x, kwargs), inputs.batch)
+    return {"x": inputs.x, "baselines": b, "index": t.index, "valid": t.valid, "kwargs": kwargs}
+
+
+def _ig_chunk(config: _Config, c: jax.Array, ops: dict):
+    alphas, weights = ops["alphas"][c], ops["weights"][c]
+    batch = jax.tree.leaves(ops["x"])[0].shape[0]
+    kwargs, index = _rows_of(ops, config.per_chunk)
+    points = _path(ops["x"], ops["baselines"], alphas)
+    grads = _weighted_target_grad(config.fn, points, kwargs, index, jnp.repeat(weights, batch))
+    return _per_step_sum(grads, config.per_chunk)
+
+
+def _ig_finish(config: _Config, total, ops: dict):
+    if config.multiply_by_inputs:
+        total = jax.tree.map(lambda g, x, b: g * (x - b), total, ops["x"], ops["baselines"])
+    attr = _mark_invalid(total, ops["valid"])
+    if not config.delta:
+        return attr
+    batch = jax.tree.leaves(ops["x"])[0].shape[0]
+    model = config.fn if config.head_fn is None else _compose(config.fn, config.head_fn)
+    return attr, _leaf_sums(attr, batch) - _end_difference(model, ops)
+
+
+def _compose(layer_fn: Callable, head_fn: Callable) -> Callable:
+    return lambda x, **kw: head_fn(layer_fn(x, **kw), **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Layer and neuron variants: the model is head_fn(layer_fn(x)).
+
+
+def layer_integrated_gradients(
+    layer_fn: Callable[..., Any],
+    head_fn: Callable[..., ArrayLike],
+    x: PyTree[Float[ArrayLike, " batch ..."]],
+    baselines: PyTree[ArrayLike] | float | None = None,
+    *,
+    target: ArrayLike | None = None,
+    method: str = "gausslegendre",
+    n_steps: int = 50,
+    internal_batch_size: int | None = None,
+    multiply_by_inputs: bool = True,
+    return_convergence_delta: bool = False,
+    forward_kwargs: Mapping[str, ArrayLike] | None = None,
+):
+    """Integrated gradients to a layer's units: Captum's `LayerIntegratedGradients`.
+
+    The path runs in the layer's space, from `layer_fn(b)` to `layer_fn(x)`, and `head_fn` is
+    integrated along it: this is `integrated_gradients(head_fn, layer_fn(x), layer_fn(b))`, and
+    `delta = sum(attr) - (F_t(x) - F_t(b))` with `F = head_fn(layer_fn(.))`. `forward_kwargs`
+    go to both functions. `xai_jax.haiku.split` gives `(layer_fn, head_fn)` for a haiku model.
+
+    Args:
+        layer_fn: input batch to the layer's activations (an array or a pytree).
+        head_fn: layer activations to the model's outputs.
+        x, baselines, target, method, n_steps, internal_batch_size, multiply_by_inputs,
+            return_convergence_delta, forward_kwargs: as in `integrated_gradients`;
+            `baselines` are in input space.
+
+    Returns:
+        Attributions shaped like `layer_fn(x)`, or `(attributions, delta [batch])`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from xai_jax import layer_integrated_gradients
+        >>> layer_fn = lambda x: jnp.tanh(2.0 * x)
+        >>> head_fn = lambda h: h.sum(axis=1)
+        >>> x = jnp.array([[0.5, -1.0]])
+        >>> layer_integrated_gradients(layer_fn, head_fn, x)  # linear head: exactly tanh(2x)
+        Array([[ 0.761..., -0.964...]], dtype=float32)
+    """
+    _check_method(method, n_steps)
+    inputs = _as_inputs(x)
+    kwargs = _as_forward_kwargs(forward_kwargs, inputs.batch)
+    b = _as_baselines(baselines, inputs.x)
+    both = jax.tree.map(lambda a, c: jnp.concatenate([a, c]), inputs.x, b)
+    both_kwargs = {name: _rows(v, 2) for name, v in kwargs.items()}
+    layer = _call(layer_fn, both, both_kwargs)
+    layer_x = jax.tree.map(lambda v: v[: inputs.batch], layer)
+    layer_b = jax.tree.map(lambda v: v[inputs.batch :], layer)
+    return integrated_gradients(
+        head_fn,
+        layer_x,
+        layer_b,
+        target=target,
+        method=method,
+        n_steps=n_steps,
+        internal_batch_size=internal_batch_size,
+        multiply_by_inputs=multiply_by_inputs,
+        return_convergence_delta=return_convergence_delta,
+        forward_kwargs=kwargs,
+    )
+
+
+def _call(fn: Callable, x, kwargs: dict):
+    """`fn(x, **kwargs)`, compiled (and cached) when called eagerly."""
+    static, arrays = _chunks.partition(fn)
+    if _chunks.is_traced((x, kwargs, arrays)):
+        return fn(x, **kwargs)
+    return _call_jit(static, arrays, x, kwargs)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _call_jit(static, arrays: list, x, kwargs: dict):
+    return _chunks.combine(static, arrays)(x, **kwargs)
+
+
+def _shape_of(fn: Callable, x, kwargs: dict):
+    """`fn(x, **kwargs)`'s shapes, traced once per function and input shapes (jit's cache)."""
+    static, arrays = _chunks.partition(fn)
+    return _call_jit.eval_shape(static, arrays, x, kwargs)
+
+
+def layer_conductance(
+    layer_fn: Callable[..., Any],
+    head_fn: Callable[..., ArrayLike],
+    x: PyTree[Float[ArrayLike, " batch ..."]],
+    baselines: PyTree[ArrayLike] | float | None = None,
+    *,
+    target: ArrayLike | None = None,
+    method: str = "gausslegendre",
+    n_steps: int = 50,
+    internal_batch_size: int | None = None,
+    return_convergence_delta: bool = False,
+    forward_kwargs: Mapping[str, ArrayLike] | None = None,
+):
+    """Conductance of a layer's units: Captum's `LayerConductance`.
+
+    The path runs in input space through `n_steps + 1` points `x_k = b + a_k (x - b)` (the
+    alphas of `method` for `n_steps + 1` points; its weights are not used) and
+    `attr = sum_{k < n_steps} (h(x_{k+1}) - h(x_k)) * dF_t/dh (x_k)` with `h = layer_fn`: the
+    finite differences of the layer replace its input gradient, as in Captum. Chunks overlap by
+    one point, so chunking changes nothing. `delta = sum(attr) - (F_t(x) - F_t(b))` with
+    `F = head_fn(layer_fn(.))` is not small for rules without end points (Gauss-Legendre):
+    the differences start at `a_0 > 0` and stop at `a_n < 1`, exactly as in Captum.
+
+    Args:
+        layer_fn: input batch to the layer's activations (an array or a pytree).
+        head_fn: layer activations to the model's outputs.
+        x, baselines, target, method, n_steps, internal_batch_size, return_convergence_delta,
+            forward_kwargs: as in `integrated_gradients` (`internal_batch_size` counts the
+            `n_steps + 1` points).
+
+    Returns:
+        Attributions shaped like `layer_fn(x)`, or `(attributions, delta [batch])`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from xai_jax import layer_conductance
+        >>> layer_fn = lambda x: 3.0 * x
+        >>> head_fn = lambda h: h.sum(axis=1)
+        >>> x = jnp.array([[0.5, -1.0]])
+        >>> layer_conductance(layer_fn, head_fn, x, method="riemann_trapezoid", n_steps=4)
+        Array([[ 1.5, -3. ]], dtype=float32)
+    """
+    n_steps = check_positive_int("n_steps", n_steps)
+    _check_method(method, n_steps + 1)
+    ibs = _check_internal_batch_size(internal_batch_size)
+    inputs = _as_inputs(x)
+    model = _compose(layer_fn, head_fn)
+    ops = _ig_operands(model, inputs, baselines, target, forward_kwargs)
+    num_chunks, per_chunk = _chunking(n_steps, inputs.batch, ibs, overlap=1)
+    alphas, _ = _quadrature_chunks(method, n_steps, num_chunks, per_chunk, overlap=True)
+    ops["alphas"] = _table(alphas, inputs.x)
+    config = _Config(
+        layer_fn,
+        head_fn,
+        per_chunk=per_chunk,
+        multiply_by_inputs=False,
+        delta=bool(return_convergence_delta),
+    )
+    layer = _shape_of(layer_fn, inputs.x, ops["kwargs"])
+    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), layer)
+    return _chunks.run(_conductance_chunk, _ig_finish, config, ops, init, num_chunks)
+
+
+def _conductance_chunk(config: _Config, c: jax.Array, ops: dict):
+    steps = config.per_chunk
+    batch = jax.tree.leaves(ops["x"])[0].shape[0]
+    points = _path(ops["x"], ops["baselines"], ops["alphas"][c])
+    kwargs, _ = _rows_of(ops, steps + 1)
+    layer = config.fn(points, **kwargs)
+    start = jax.tree.map(lambda h: h[: steps * batch], layer)
+    kwargs, index = _rows_of(ops, steps)
+    grads = _weighted_target_grad(
+        config.head_fn, start, kwargs, index, jnp.ones(steps * batch, jnp.float32)
+    )
+    return jax.tree.map(
+        lambda g, h: _per_step_sum(g * (h[batch:] - h[:-batch]), steps), grads, layer
+    )
+
+
+def neuron_conductance(
+    layer_fn: Callable[..., ArrayLike],
+    head_fn: Callable[..., ArrayLike],
+    x: PyTree[Float[ArrayLike, " batch ..."]],
+    neuron_index: int | tuple[int, ...],
+    baselines: PyTree[ArrayLike] | float | None = None,
+    *,
+    target: ArrayLike | None = None,
+    method: str = "riemann_trapezoid",
+    n_steps: int = 50,
+    internal_batch_size: int | None = None,
+    multiply_by_inputs: bool = True,
+    forward_kwargs: Mapping[str, ArrayLike] | None = None,
+) -> PyTree[Float[Array, " batch ..."]]:
+    """Conductance of the inputs through one neuron of a layer: Captum's `NeuronConductance`.
+
+    `attr = (x - b) * sum_k w_k dF_t/dn (x_k) * dn/dx (x_k)` along `x_k = b + a_k (x - b)`,
+    with `n = layer_fn(x)[neuron_index]` (Captum's default rule is `riemann_trapezoid`).
+
+    Args:
+        layer_fn: input batch to the layer's activations, one array `[batch, ...]`.
+        head_fn: layer activations to the model's outputs.
+        x: inputs (array or pytree) with a leading batch axis.
+        neuron_index: the neuron's index in one example's activations (an int, or a tuple with
+            one int per non-batch axis of the layer).
+        baselines, target, method, n_steps, internal_batch_size, multiply_by_inputs,
+            forward_kwargs: as in `integrated_gradients`.
+
+    Returns:
+        Attributions shaped like `x`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from xai_jax import neuron_conductance
+        >>> layer_fn = lambda x: x * jnp.array([[2.0, 3.0]])
+        >>> head_fn = lambda h: h.sum(axis=1)
+        >>> x = jnp.array([[0.5, -1.0]])
+        >>> neuron_conductance(layer_fn, head_fn, x, 1, method="gausslegendre", n_steps=2)
+        Array([[ 0., -3.]], dtype=float32)
+    """
+    _check_method(method, n_steps)
+    ibs = _check_internal_batch_size(internal_batch_size)
+    inputs = _as_inputs(x)
+    model = _compose(layer_fn, head_fn)
+    ops = _ig_operands(model, inputs, baselines, target, forward_kwargs)
+    layer = _shape_of(layer_fn, inputs.x, ops["kwargs"])
+    if not isinstance(layer, jax.ShapeDtypeStruct):
+        raise TypeError(f"layer_fn must return one array for neuron_conductance, got {layer}")
+    neuron = _as_neuron_index(neuron_index, layer.shape[1:])
+    num_chunks, per_chunk = _chunking(n_steps, inputs.batch, ibs)
+    alphas, weights = _quadrature_chunks(method, n_steps, num_chunks, per_chunk, overlap=False)
+    ops["alphas"], ops["weights"] = _table(alphas, inputs.x), _table(weights, inputs.x)
+    config = _Config(
+        layer_fn,
+        head_fn,
+        per_chunk=per_chunk,
+        multiply_by_inputs=bool(multiply_by_inputs),
+        neuron=neuron,
+    )
+    init = jax.tree.map(jnp.zeros_like, inputs.x)
+    return _chunks.run(_neuron_chunk, _ig_finish, config, ops, init, num_chunks)
+
+
+def _as_neuron_index(neuron_index, shape: tuple[int, ...]) -> tuple[int, ...]:
+    index = (neuron_index,) if isinstance(neuron_index, numbers.Integral) else neuron_index
+    if not isinstance(index, tuple | list) or not all(
+        isinstance(i, numbers.Integral) for i in index
+    ):
+        raise TypeError(f"neuron_index must be an int or a tuple of ints, got {neuron_index!r}")
+    index = tuple(int(i) for i in index)
+    if len(index) != len(shape) or any(not 0 <= i < n for i, n in zip(index, shape, strict=False)):
+        raise ValueError(
+            f"neuron_index={index} does not index one example's layer output of shape {shape}"
+        )
+    return index
+
+
+def _neuron_chunk(config: _Config, c: jax.Array, ops: dict):
+    steps = config.per_chunk
+    batch = jax.tree.leaves(ops["x"])[0].shape[0]
+    points = _path(ops["x"], ops["baselines"], ops["alphas"][c])
+    kwargs, index = _rows_of(ops, steps)
+    layer, layer_vjp = jax.vjp(lambda p: config.fn(p, **kwargs), points)
+    weights = jnp.repeat(ops["weights"][c], batch)
+    grads = _weighted_target_grad(config.head_fn, layer, kwargs, index, weights)
+    mask = np.zeros(layer.shape[1:], bool)
+    mask[config.neuron] = True
+    (input_grads,) = layer_vjp(jnp.where(jnp.asarray(mask)[None], grads, jnp.zeros_like(grads)))
+    return _per_step_sum(input_grads, steps)
+
+
+# --------------------------------------------------------------------------------------------
+# Noise tunnel and expected gradients: random variants, one key per sample.
+
+
+def smoothgrad(
+    key: ArrayLike,
+    attribution_fn: Callable[[Any], Any],
+    x: PyTree[Float[ArrayLike, " batch ..."]],
+    *,
+    num_samples: int = 5,
+    stdev: float = 1.0,
+    nt_type: str = "smoothgrad",
+    batch_size: int | None = None,
+):
+    """Captum's `NoiseTunnel` around any attribution function: SmoothGrad and its variants.
+
+    Evaluates `attribution_fn(x + stdev * N(0, 1))` for `num_samples` noise draws and returns
+    their mean (`smoothgrad`), the mean of their squares (`smoothgrad_sq`) or their variance
+    `E[a^2] - E[a]^2` (`vargrad`, as Captum computes it). `stdev` is absolute, as in Captum.
+    Sample `s` draws its noise from `jax.random.split(key, num_samples)[s]`, so the result does
+    not depend on `batch_size`, which bounds how many samples are evaluated at once (`vmap`ped;
+    None: all at once).
+
+    Args:
+        key: PRNG key.
+        attribution_fn: maps a batch shaped like `x` to attributions (any pytree), e.g.
+            `lambda x: integrated_gradients(fn, x, target=t)`.
+        x: inputs (array or pytree) with a leading batch axis.
+        num_samples: number of noise draws.
+        stdev: standard deviation of the noise (a float >= 0).
+        nt_type: `smoothgrad`, `smoothgrad_sq` or `vargrad`.
+        batch_size: samples evaluated at once.
+
+    Returns:
+        Attributions shaped like `attribution_fn(x)`.
+
+    Example:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from xai_jax import smoothgrad
+        >>> grad_fn = jax.grad(lambda x: jnp.sum(x**2))
+        >>> x = jnp.array([[0.5, -1.0]])
+        >>> smoothgrad(jax.random.key(0), grad_fn, x, num_samples=4, stdev=0.0)
+        Array([[ 1., -2.]], dtype=float32)
+    """
+    key = as_key(key)
+    num_samples = check_positive_int("num_samples", num_samples)
+    check_choice("nt_type", nt_type, NT_TYPES)
+    check_positive("stdev", stdev, allow_zero=True)
+    size = num_samples if batch_size is None else check_positive_int("batch_size", batch_size)
+    inputs = _as_inputs(x)
+    num_chunks, per_chunk = _chunking(num_samples, 1, size)
+    ops = {"x": inputs.x, "stdev": jnp.asarray(stdev), "keys": _sample_keys(key, num_samples)}
+    config = _Config(attribution_fn, per_chunk=per_chunk, nt_type=nt_type, num_samples=num_samples)
+    out = _shape_of(attribution_fn, inputs.x, {})
+    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (out, out))
+    return _chunks.run(_noise_chunk, _noise_finish, config, ops, init, num_chunks)
+
+
+def _sample_keys(key: jax.Array, num_samples: int) -> jax.Array:
+    return jax.random.split(key, num_samples)
+
+
+def _chunk_keys(ops: dict, c: jax.Array, per_chunk: int) -> tuple[jax.Array, jax.Array]:
+    """Chunk `c`'s keys and a mask of the real samples (the last chunk is padded)."""
+    num_samples = ops["keys"].shape[0]
+    pos = c * per_chunk + jnp.arange(per_chunk)
+    return ops["keys"][jnp.minimum(pos, num_samples - 1)], pos < num_samples
+
+
+def _noise(key: jax.Array, x, stdev: jax.Array):
+    leaves, treedef = jax.tree.flatten(x)
+    noisy = [
+        leaf + stdev.astype(leaf.dtype) * jax.random.normal(k, leaf.shape, leaf.dtype)
+        for k, leaf in zip(jax.random.split(key, len(leaves)), leaves, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, noisy)
+
+
+def _noise_chunk(config: _Config, c: jax.Array, ops: dict):
+    keys, real = _chunk_keys(ops, c, config.per_chunk)
+    attrs = jax.vmap(lambda k: config.fn(_noise(k, ops["x"], ops["stdev"])))(keys)
+
+    def sums(a):
+        a = jnp.where(real.reshape(-1, *([1] * (a.ndim - 1))), a, jnp.zeros((), a.dtype))
+        return a.sum(0), (a * a).sum(0)
+
+    first, second = zip(*(sums(a) for a in jax.tree.leaves(attrs)), strict=True)
+    treedef = jax.tree.structure(jax.tree.map(lambda a: a[0], attrs))
+    return jax.tree.unflatten(treedef, first), jax.tree.unflatten(treedef, second)
+
+
+def _noise_finish(config: _Config, total, ops: dict):
+    sums, squares = total
+    n = config.num_samples
+    if config.nt_type == "smoothgrad":
+        return jax.tree.map(lambda s: s / n, sums)
+    if config.nt_type == "smoothgrad_sq":
+        return jax.tree.map(lambda q: q / n, squares)
+    return jax.tree.map(lambda s, q: q / n - (s / n) ** 2, sums, squares)
+
+
+def expected_gradients(
+    key: ArrayLike,
+    fn: Callable[..., ArrayLike],
+    x: PyTree[Float[ArrayLike, " batch ..."]],
+    background: PyTree[Float[ArrayLike, " n ..."]],
+    *,
+    num_samples: int = 5,
+    stdev: float = 0.0,
+    target: ArrayLike | None = None,
+    internal_batch_size: int | None = None,
+) -> PyTree[Float[Array, " batch ..."]]:
+    """Expected gradients (Captum's `GradientShap`): IG averaged over random baselines.
+
+    For each example and sample: a baseline `b` drawn uniformly from the rows of `background`,
+    an input `x' = x + stdev * N(0, 1)`, a point `a ~ U(0, 1)` on the path; the attribution is
+    the mean over samples of `(x' - b) * dF_t(b + a (x' - b))/dx`. Its expectation is the IG
+    averaged over the background distribution. Sample `s` draws from
+    `jax.random.split(key, num_samples)[s]`, so `internal_batch_size` (the largest number of
+    rows per model call, at least one sample of every example) does not change the result.
+
+    Args:
+        key: PRNG key.
+        fn: model mapping a batch to outputs `[batch, ...]`.
+        x: inputs (array or pytree) with a leading batch axis.
+        background: baselines to draw from: `x`'s structure with a leading axis of any size.
+        num_samples: draws per example.
+        stdev: standard deviation of the noise added to the inputs (>= 0).
+        target: as in `integrated_gradients`.
+        internal_batch_size: largest number of rows per model call (None: all at once).
+
+    Returns:
+        Attributions shaped like `x`.
+
+    Example:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from xai_jax import expected_gradients
+        >>> fn = lambda x: x @ jnp.array([[1.0], [2.0]])  # linear: exact for any sample
+        >>> x = jnp.array([[1.0, 1.0]])
+        >>> background = jnp.zeros((3, 2))
+        >>> expected_gradients(jax.random.key(0), fn, x, background, target=0)
+        Array([[1., 2.]], dtype=float32)
+    """
+    key = as_key(key)
+    num_samples = check_positive_int("num_samples", num_samples)
+    check_positive("stdev", stdev, allow_zero=True)
+    ibs = _check_internal_batch_size(internal_batch_size)
+    inputs = _as_inputs(x)
+    background = _as_background(background, inputs.x)
+    ops = _ig_operands(fn, inputs, None, target, None)
+    del ops["baselines"]
+    num_chunks, per_chunk = _chunking(num_samples, inputs.batch, ibs)
+    ops.update(background=background, stdev=jnp.asarray(stdev))
+    ops["keys"] = _sample_keys(key, num_samples)
+    config = _Config(fn, per_chunk=per_chunk, num_samples=num_samples)
+    init = jax.tree.map(jnp.zeros_like, inputs.x)
+    return _chunks.run(_expected_chunk, _expected_finish, config, ops, init, num_chunks)
+
+
+def _as_background(background, x):
+    if jax.tree.structure(background) != jax.tree.structure(x):
+        raise ValueError(
+            f"background must have the structure of x ({jax.tree.structure(x)}), "
+            f"got {jax.tree.structure(background)}"
+        )
+    background = jax.tree.map(lambda b: as_float_array("background", b, min_ndim=1), background)
+    sizes = {b.shape[0] for b in jax.tree.leaves(background)}
+    for b, leaf in zip(jax.tree.leaves(background), jax.tree.leaves(x), strict=True):
+        if b.shape[1:] != leaf.shape[1:] or b.shape[0] == 0 or len(sizes) != 1:
+            raise ValueError(
+                f"background must be rows shaped like x's (one leading axis of the same size "
+                f"for every leaf, at least one row): got {b.shape} for x's {leaf.shape}"
+            )
+    return jax.tree.map(lambda b, leaf: b.astype(leaf.dtype), background, x)
+
+
+def _expected_chunk(config: _Config, c: jax.Array, ops: dict):
+    steps = config.per_chunk
+    x = ops["x"]
+    batch = jax.tree.leaves(x)[0].shape[0]
+    num_background = jax.tree.leaves(ops["background"])[0].shape[0]
+    keys, real = _chunk_keys(ops, c, steps)
+
+    def draw(k):
+        k_pick, k_alpha, k_noise = jax.random.split(k, 3)
+        pick = jax.random.randint(k_pick, (batch,), 0, num_background)
+        alpha = jax.random.uniform(k_alpha, (batch,), jax.tree.leaves(x)[0].dtype)
+        return pick, alpha, _noise(k_noise, x, ops["stdev"])
+
+    pick, alpha, noisy = jax.vmap(draw)(keys)  # [steps, batch], [steps, batch], [steps, *x]
+    noisy = jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:]), noisy)
+    base = jax.tree.map(lambda bg: bg[pick.reshape(-1)], ops["background"])
+
+    def point(n, b):
+        a = alpha.reshape(-1, *([1] * (n.ndim - 1))).astype(n.dtype)
+        return b + a * (n - b)
+
+    points = jax.tree.map(point, noisy, base)
+    kwargs, index = _rows_of(ops, steps)
+    weights = jnp.repeat(real, batch).astype(alpha.dtype)
+    grads = _weighted_target_grad(config.fn, points, kwargs, index, weights)
+    return _per_step_sum(jax.tree.map(lambda g, n, b: g * (n - b), grads, noisy, base), steps)
+
+
+def _expected_finish(config: _Config, total, ops: dict):
+    return _mark_invalid(jax.tree.map(lambda t: t / config.num_samples, total), ops["valid"])

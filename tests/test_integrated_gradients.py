@@ -275,6 +275,25 @@ def test_eager_calls_compile_once():
     assert len(traces) == after_first
 
 
+def test_eager_layer_methods_compile_once():
+    traces = []
+
+    def layer_fn(v):
+        traces.append(v.shape)
+        return jnp.tanh(v)
+
+    head_fn = lambda h: h @ jnp.ones((4, 3), jnp.float32)
+    kw = dict(target=1, internal_batch_size=6)
+    for i in range(3):
+        x = jnp.full((2, 4), 0.1 * i, jnp.float32)
+        layer_conductance(layer_fn, head_fn, x, return_convergence_delta=True, **kw)
+        neuron_conductance(layer_fn, head_fn, x, 1, **kw)
+        layer_integrated_gradients(layer_fn, head_fn, x, **kw)
+        if i == 0:
+            after_first = len(traces)
+    assert len(traces) == after_first
+
+
 def _temp_bytes(n_steps, internal_batch_size):
     w1 = jnp.ones((64, 512), jnp.float32) / 64
     w2 = jnp.ones((512, 10), jnp.float32)

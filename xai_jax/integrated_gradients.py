@@ -396,12 +396,18 @@ def _ig_finish(config: _Config, total, ops: dict):
     if not config.delta:
         return attr
     batch = jax.tree.leaves(ops["x"])[0].shape[0]
-    model = config.fn if config.head_fn is None else _compose(config.fn, config.head_fn)
+    model = config.fn if config.head_fn is None else _Composed(config.fn, config.head_fn)
     return attr, _leaf_sums(attr, batch) - _end_difference(model, ops)
 
 
-def _compose(layer_fn: Callable, head_fn: Callable) -> Callable:
-    return lambda x, **kw: head_fn(layer_fn(x, **kw), **kw)
+class _Composed(NamedTuple):
+    """`head_fn(layer_fn(x))`, equal (hence a jit-cache hit) whenever both functions are."""
+
+    layer_fn: Callable
+    head_fn: Callable
+
+    def __call__(self, x, **kwargs):
+        return self.head_fn(self.layer_fn(x, **kwargs), **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -536,7 +542,7 @@ def layer_conductance(
     _check_method(method, n_steps + 1)
     ibs = _check_internal_batch_size(internal_batch_size)
     inputs = _as_inputs(x)
-    model = _compose(layer_fn, head_fn)
+    model = _Composed(layer_fn, head_fn)
     ops = _ig_operands(model, inputs, baselines, target, forward_kwargs)
     num_chunks, per_chunk = _chunking(n_steps, inputs.batch, ibs, overlap=1)
     alphas, _ = _quadrature_chunks(method, n_steps, num_chunks, per_chunk, overlap=True)
@@ -612,7 +618,7 @@ def neuron_conductance(
     _check_method(method, n_steps)
     ibs = _check_internal_batch_size(internal_batch_size)
     inputs = _as_inputs(x)
-    model = _compose(layer_fn, head_fn)
+    model = _Composed(layer_fn, head_fn)
     ops = _ig_operands(model, inputs, baselines, target, forward_kwargs)
     layer = _shape_of(layer_fn, inputs.x, ops["kwargs"])
     if not isinstance(layer, jax.ShapeDtypeStruct):
@@ -712,15 +718,11 @@ def smoothgrad(
     size = num_samples if batch_size is None else check_positive_int("batch_size", batch_size)
     inputs = _as_inputs(x)
     num_chunks, per_chunk = _chunking(num_samples, 1, size)
-    ops = {"x": inputs.x, "stdev": jnp.asarray(stdev), "keys": _sample_keys(key, num_samples)}
+    ops = {"x": inputs.x, "stdev": jnp.asarray(stdev), "keys": jax.random.split(key, num_samples)}
     config = _Config(attribution_fn, per_chunk=per_chunk, nt_type=nt_type, num_samples=num_samples)
     out = _shape_of(attribution_fn, inputs.x, {})
     init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (out, out))
     return _chunks.run(_noise_chunk, _noise_finish, config, ops, init, num_chunks)
-
-
-def _sample_keys(key: jax.Array, num_samples: int) -> jax.Array:
-    return jax.random.split(key, num_samples)
 
 
 def _chunk_keys(ops: dict, c: jax.Array, per_chunk: int) -> tuple[jax.Array, jax.Array]:
@@ -815,7 +817,7 @@ def expected_gradients(
     del ops["baselines"]
     num_chunks, per_chunk = _chunking(num_samples, inputs.batch, ibs)
     ops.update(background=background, stdev=jnp.asarray(stdev))
-    ops["keys"] = _sample_keys(key, num_samples)
+    ops["keys"] = jax.random.split(key, num_samples)
     config = _Config(fn, per_chunk=per_chunk, num_samples=num_samples)
     init = jax.tree.map(jnp.zeros_like, inputs.x)
     return _chunks.run(_expected_chunk, _expected_finish, config, ops, init, num_chunks)

@@ -23,6 +23,8 @@ BENCHMARKS = {
     "weighted_ridge": "benchmarks.bench_ridge:bench_weighted_ridge",
     "numerical_gradient": "benchmarks.bench_gradients:bench_numerical_gradient",
     "urv_gradient": "benchmarks.bench_gradients:bench_urv_gradient",
+    "integrated_gradients": "benchmarks.bench_integrated_gradients:bench_integrated_gradients",
+    "layer_conductance": "benchmarks.bench_integrated_gradients:bench_layer_conductance",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 TARGET_LABELS = {"ratio_median": "{:g}x", "matmul_fraction": "{:.0%} of matmul"}

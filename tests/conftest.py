@@ -4,6 +4,9 @@ import jax
 import numpy as np
 import pytest
 
+# run by hand with the bench extra (torch, captum); `make test` only reads the .npz it wrote
+collect_ignore = ["fixtures/make_captum_fixtures.py"]
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 

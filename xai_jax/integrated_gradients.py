@@ -250,12 +250,17 @@ def _mark_invalid(tree, valid):
     )
 
 
-def _quadrature_chunks(method: str, n: int, num_chunks: int, per_chunk: int, overlap: bool):
-    """Alphas and weights as `[num_chunks, per_chunk (+1 with overlap)]` NumPy tables.
+def _add_path_tables(
+    ops: dict, method: str, n: int, inputs: _Inputs, ibs: int | None, overlap: bool = False
+) -> tuple[int, int]:
+    """Put the chunked quadrature into `ops` as `alphas`, `weights` `[num_chunks, per_chunk]`
+    (alphas `per_chunk + 1` wide with `overlap`); return `(num_chunks, per_chunk)`.
 
     Padding repeats the last alpha with weight 0 (a real path point, so it cannot add NaN);
-    with `overlap` (conductance) chunk `c` also holds the first point of chunk `c + 1`.
+    with `overlap` (conductance: `n + 1` points, weights unused) chunk `c` also holds the first
+    point of chunk `c + 1`.
     """
+    num_chunks, per_chunk = _chunking(n, inputs.batch, ibs, overlap=int(overlap))
     alphas, weights = _rule(method, n + 1 if overlap else n)
     total = num_chunks * per_chunk + (1 if overlap else 0)
     pad = total - len(alphas)
@@ -263,11 +268,10 @@ def _quadrature_chunks(method: str, n: int, num_chunks: int, per_chunk: int, ove
     weights = np.concatenate([weights, np.zeros(pad)])[: num_chunks * per_chunk]
     starts = np.arange(num_chunks)[:, None] * per_chunk
     width = per_chunk + (1 if overlap else 0)
-    return alphas[starts + np.arange(width)], weights.reshape(num_chunks, per_chunk)
-
-
-def _table(values: np.ndarray, like) -> jax.Array:
-    return jnp.asarray(values, dtype=jax.tree.leaves(like)[0].dtype)
+    dtype = jax.tree.leaves(inputs.x)[0].dtype
+    ops["alphas"] = jnp.asarray(alphas[starts + np.arange(width)], dtype)
+    ops["weights"] = jnp.asarray(weights.reshape(num_chunks, per_chunk), dtype)
+    return num_chunks, per_chunk
 
 
 class _Config(NamedTuple):
@@ -360,9 +364,7 @@ def integrated_gradients(
     ibs = _check_internal_batch_size(internal_batch_size)
     inputs = _as_inputs(x)
     ops = _ig_operands(fn, inputs, baselines, target, forward_kwargs)
-    num_chunks, per_chunk = _chunking(n_steps, inputs.batch, ibs)
-    alphas, weights = _quadrature_chunks(method, n_steps, num_chunks, per_chunk, overlap=False)
-    ops["alphas"], ops["weights"] = _table(alphas, inputs.x), _table(weights, inputs.x)
+    num_chunks, per_chunk = _add_path_tables(ops, method, n_steps, inputs, ibs)
     config = _Config(
         fn,
         per_chunk=per_chunk,
@@ -544,9 +546,7 @@ def layer_conductance(
     inputs = _as_inputs(x)
     model = _Composed(layer_fn, head_fn)
     ops = _ig_operands(model, inputs, baselines, target, forward_kwargs)
-    num_chunks, per_chunk = _chunking(n_steps, inputs.batch, ibs, overlap=1)
-    alphas, _ = _quadrature_chunks(method, n_steps, num_chunks, per_chunk, overlap=True)
-    ops["alphas"] = _table(alphas, inputs.x)
+    num_chunks, per_chunk = _add_path_tables(ops, method, n_steps, inputs, ibs, overlap=True)
     config = _Config(
         layer_fn,
         head_fn,
@@ -624,9 +624,7 @@ def neuron_conductance(
     if not isinstance(layer, jax.ShapeDtypeStruct):
         raise TypeError(f"layer_fn must return one array for neuron_conductance, got {layer}")
     neuron = _as_neuron_index(neuron_index, layer.shape[1:])
-    num_chunks, per_chunk = _chunking(n_steps, inputs.batch, ibs)
-    alphas, weights = _quadrature_chunks(method, n_steps, num_chunks, per_chunk, overlap=False)
-    ops["alphas"], ops["weights"] = _table(alphas, inputs.x), _table(weights, inputs.x)
+    num_chunks, per_chunk = _add_path_tables(ops, method, n_steps, inputs, ibs)
     config = _Config(
         layer_fn,
         head_fn,

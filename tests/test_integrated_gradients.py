@@ -235,6 +235,11 @@ def test_traced_out_of_range_target_gives_nan_not_a_clamped_answer():
     x = jnp.asarray(_rng.normal(size=(2, 4)), jnp.float32)
     attr = jax.jit(lambda t: integrated_gradients(fn, x, target=t))(jnp.array([1, 3]))
     assert np.isfinite(attr[0]).all() and np.isnan(attr[1]).all()
+    with jax.enable_x64(True):  # an int32 target against int64 output dims, strict promotion
+        attr = jax.jit(lambda t: integrated_gradients(fn, x, target=t))(
+            jnp.array([1, 3], jnp.int32)
+        )
+    assert np.isfinite(attr[0]).all() and np.isnan(attr[1]).all()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -146,7 +146,7 @@ def _as_target(target, out: jax.ShapeDtypeStruct, batch: int) -> _Target:
             )
         valid = None
     else:  # cannot raise on traced data: the example's attribution becomes NaN instead
-        valid = jnp.all((t >= 0) & (t < jnp.asarray(dims)[None]), axis=1)
+        valid = jnp.all((t >= 0) & (t < jnp.asarray(dims, t.dtype)[None]), axis=1)
     strides = np.cumprod((1, *shape[:0:-1]))[::-1]
     index = jnp.sum(
         t.astype(jnp.int32) * jnp.asarray(strides, jnp.int32)[None], axis=1, dtype=jnp.int32
@@ -748,7 +748,7 @@ def _noise_chunk(config: _Config, c: jax.Array, ops: dict):
         return a.sum(0), (a * a).sum(0)
 
     first, second = zip(*(sums(a) for a in jax.tree.leaves(attrs)), strict=True)
-    treedef = jax.tree.structure(jax.tree.map(lambda a: a[0], attrs))
+    treedef = jax.tree.structure(attrs)
     return jax.tree.unflatten(treedef, first), jax.tree.unflatten(treedef, second)
 
 

@@ -16,6 +16,7 @@ from xai_jax._checks import (
     check_positive_int,
     is_concrete,
 )
+from xai_jax.perturbations import standard_normal
 
 # Model inputs evaluated at once are kept near this many bytes: on XLA:CPU buffers above
 # ~16-32 MB are page-fault bound, and smaller ones stay in cache between the build of the
@@ -139,13 +140,14 @@ def urv_gradient(
     `u_i` uniform on the unit sphere of `R^d` (normalised Gaussians) and
     `mu = 1 / sqrt(step) / sqrt(d)` when `mu` is None, where `step` is the optimiser's iteration
     counter (the MAX library counts calls, starting at 1). The Gaussian coordinates are quantised
-    to 2**16 levels, two per 32 random bits, which makes the estimator about 1.6x faster than
-    full-precision normals at the same accuracy (the directions stay exactly isotropic; see
-    `benchmarks/`). `fn` is called on single points and
-    vectorised with `vmap`; directions are drawn and evaluated in chunks of `batch_size`, each
-    from its own key (`fold_in(key, chunk)`), so memory stays bounded for any `num_samples`.
-    The estimate is unbiased for the gradient of a smoothed `fn` and its variance falls as
-    `1/q`; where `fn` is JAX, `jax.grad` is exact and far cheaper.
+    to 2**16 levels, two per 32 random bits (`gaussian_perturbation`'s normals), which makes the
+    estimator about 1.6x faster than full-precision normals at the same accuracy: the levels'
+    quantiles are symmetric about 0, so the normalised directions stay exactly isotropic
+    (`E[u u^T] = I/d`) and the estimator keeps its expectation (see `benchmarks/`). `fn` is
+    called on single points and vectorised with `vmap`; directions are drawn and evaluated in
+    chunks of `batch_size`, each from its own key (`fold_in(key, chunk)`), so memory stays
+    bounded for any `num_samples`. The estimate is unbiased for the gradient of a smoothed `fn`
+    and its variance falls as `1/q`; where `fn` is JAX, `jax.grad` is exact and far cheaper.
 
     Args:
         key: a PRNG key (typed or legacy uint32).
@@ -196,7 +198,7 @@ def urv_gradient(
 
     def chunk(start):
         index = start // batch_size
-        u = _quantized_normal(jax.random.fold_in(key, index), (batch_size, dim), x.dtype)
+        u = standard_normal(jax.random.fold_in(key, index), (batch_size, dim), x.dtype)
         # Unit directions are u_i / |u_i|; the scale rides along instead of a normalised copy.
         inv_norm = jax.lax.rsqrt(jnp.sum(u * u, axis=1))
         delta = jnp.asarray(batched_fn(flat[None] + (mu * inv_norm)[:, None] * u), x.dtype) - f0
@@ -214,19 +216,3 @@ def _map_chunks(chunk: Callable[[jax.Array], jax.Array], num_chunks: int, size: 
     if num_chunks == 1:
         return chunk(jnp.asarray(0))[None]  # default int dtype, as arange below
     return jax.lax.map(chunk, jnp.arange(num_chunks) * size)
-
-
-def _quantized_normal(key: jax.Array, shape: tuple[int, int], dtype) -> jax.Array:
-    """Standard normals quantised to 2**16 levels, two from each 32 random bits.
-
-    Drawing the directions is most of the URV estimator's cost (threefry bits, ~4 ns each here),
-    and a direction needs no more than 16 bits per coordinate: this halves the bits drawn. Level
-    `k` maps to the normal quantile of `(k + 1/2) / 2**16`, a set symmetric about 0, so the
-    normalised directions are exactly isotropic (`E[u u^T] = I/d`) and the estimator keeps its
-    expectation; values are bounded by 4.33 (the 1 - 2**-17 quantile).
-    """
-    rows, cols = shape
-    words = jax.random.bits(key, (rows, -(-cols // 2)), jnp.uint32)
-    levels = jnp.concatenate([words >> 16, words & 0xFFFF], axis=1)[:, :cols]
-    uniform = (levels.astype(dtype) + 0.5) * (2.0 / 2**16) - 1
-    return jnp.sqrt(jnp.asarray(2.0, dtype)) * jax.lax.erf_inv(uniform)

@@ -1,6 +1,8 @@
 """Neighbourhood sampling for local surrogates: Gaussian noise and Bernoulli feature masks."""
 
+import functools
 import math
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +25,16 @@ def gaussian_perturbation(
 
     Rows `1..num_samples-1` are `x + scale * N(0, 1)`, or `mean + scale * N(0, 1)` when `mean`
     is given (lime's tabular sampling from training statistics). `scale` and `mean` broadcast
-    against `x` (one value per feature, say). The noise is drawn in `x`'s dtype. `vmap` over
-    instances with one key per instance (`jax.random.split(key, n)`).
+    against `x` (one value per feature, say). `vmap` over instances with one key per instance
+    (`jax.random.split(key, n)`).
+
+    The standard normals have 16-bit resolution: each is the exact normal quantile of one of
+    65536 equiprobable levels (so |z| <= 4.33; `jax.random.normal`'s float32 draws reach about
+    5.4), two per 32-bit random word, looked up in a table. Sampling dominates LIME's cost, and
+    this is ~5x cheaper on CPU than `jax.random.normal`; the mean, variance and quantiles are
+    those of N(0, 1) to within 1/65536. The random bits come from the key's generator with
+    `jax.threefry_partitionable(False)` (2-5x faster bits on CPU; per-instance keys keep
+    sharded batches independent), whatever the global setting, so results do not depend on it.
 
     Args:
         key: a PRNG key (typed or legacy uint32).
@@ -53,7 +63,7 @@ def gaussian_perturbation(
     check_positive("scale", scale, allow_zero=True)
     scale = _broadcast_to_x("scale", scale, x)
     centre = x if mean is None else _broadcast_to_x("mean", mean, x)
-    noise = jax.random.normal(key, (num_samples - 1, *x.shape), dtype=x.dtype)
+    noise = standard_normal(key, (num_samples - 1, *x.shape), x.dtype)
     return jnp.concatenate([x[None], centre[None] + scale[None] * noise], axis=0)
 
 
@@ -136,6 +146,29 @@ def bernoulli_perturbation(
     return masks, samples
 
 
+def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 random bits, drawn with the non-partitionable threefry (2-5x faster on CPU)."""
+    with jax.threefry_partitionable(False):
+        return jax.random.bits(key, shape, jnp.uint32)
+
+
+def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
+    """N(0, 1) samples of 16-bit resolution: two per random word, by a quantile table."""
+    n = math.prod(shape)
+    words = random_bits(key, ((n + 1) // 2,))
+    levels = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n]
+    return jnp.asarray(_normal_quantiles(), dtype)[levels].reshape(shape)
+
+
+@functools.lru_cache(maxsize=1)
+def _normal_quantiles() -> np.ndarray:
+    """The N(0, 1) quantiles of the midpoints of 65536 equiprobable levels, in float64."""
+    inv_cdf = statistics.NormalDist().inv_cdf
+    table = np.array([inv_cdf((i + 0.5) / 65536) for i in range(65536)])
+    table.setflags(write=False)
+    return table
+
+
 def _broadcast_to_x(name: str, value, x: jax.Array) -> jax.Array:
     """`value` in `x`'s dtype, broadcast to `x`'s shape (never enlarging it)."""
     arr = jnp.asarray(value, dtype=x.dtype)
@@ -176,5 +209,5 @@ def _bernoulli_bits(key: jax.Array, p, shape: tuple[int, ...]) -> jax.Array:
     # 2**32 - 256 is the largest float32 below 2**32, so the cast cannot overflow; p >= 1 is
     # handled by the `|` below.
     threshold = jnp.clip(jnp.asarray(p, jnp.float32) * 2.0**32, 0, 2.0**32 - 256)
-    bits = jax.random.bits(key, shape, jnp.uint32)
+    bits = random_bits(key, shape)
     return (bits < threshold.astype(jnp.uint32)) | (jnp.asarray(p) >= 1)

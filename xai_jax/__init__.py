@@ -15,24 +15,29 @@ from xai_jax.integrated_gradients import (
     smoothgrad,
 )
 from xai_jax.kernels import exponential_kernel, shapley_kernel
+from xai_jax.lime import LimeResult, kernel_shap, lime
 from xai_jax.perturbations import bernoulli_perturbation, gaussian_perturbation
 from xai_jax.quadrature import quadrature
 from xai_jax.surrogates import RidgeFit, weighted_ridge
-from xai_jax.wrappers import Explanation, IntegratedGradients
+from xai_jax.wrappers import Explanation, IntegratedGradients, LimeBase
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Explanation",
     "IntegratedGradients",
+    "LimeBase",
+    "LimeResult",
     "RidgeFit",
     "bernoulli_perturbation",
     "expected_gradients",
     "exponential_kernel",
     "gaussian_perturbation",
     "integrated_gradients",
+    "kernel_shap",
     "layer_conductance",
     "layer_integrated_gradients",
+    "lime",
     "neuron_conductance",
     "numerical_gradient",
     "pairwise_distances",

@@ -2,7 +2,8 @@
 
 A method splits its work into `num_chunks` equal chunks, `kernel(config, c, operands)` computes
 chunk `c`'s contribution, and `finish(config, total, operands)` turns the sum into the result.
-Two schedules compute exactly the same sum:
+Two schedules compute exactly the same sum (and `map_rows`, for methods whose rows are
+independent, the same concatenation):
 
 - Called eagerly (concrete operands, no enclosing trace): a host loop over one jitted step,
   `acc + kernel(c)`. Each chunk is a separate XLA call, so peak memory is one chunk's, and every
@@ -101,3 +102,46 @@ def _whole(kernel: Callable, finish: Callable, static, operands, arrays, init, n
 
         total, _ = jax.lax.scan(body, init, jnp.arange(num_chunks, dtype=jnp.int32))
     return finish(config, total, operands)
+
+
+def map_rows(kernel: Callable, config, rows, num_rows: int, chunk: int):
+    """`kernel(config, rows_chunk)` over chunks of `chunk` rows, concatenated: `[num_rows, ...]`.
+
+    Every leaf of `rows` (a pytree, PRNG keys included) has `num_rows` as leading axis, and
+    `kernel` maps `chunk` rows to outputs with `chunk` as leading axis. The last chunk is padded
+    by repeating the last row (valid data, so padding cannot produce NaN) and cut off. Same two
+    schedules as `run`: a host loop over one compiled chunk when eager, `lax.map` under a trace.
+    """
+    static, arrays = partition(config)
+    chunk = min(chunk, num_rows)
+    num_chunks = -(-num_rows // chunk)
+    if num_chunks > 1 and not is_traced((rows, arrays)):
+        parts = [
+            _map_step(kernel, static, chunk, jnp.int32(c), rows, arrays) for c in range(num_chunks)
+        ]
+        return jax.tree.map(lambda *p: jnp.concatenate(p)[:num_rows], *parts)
+    return _map_whole(kernel, static, chunk, num_chunks, rows, arrays)
+
+
+def _gather(rows, chunk: int, c: jax.Array):
+    num_rows = jax.tree.leaves(rows)[0].shape[0]
+    index = jnp.minimum(c * chunk + jnp.arange(chunk, dtype=jnp.int32), num_rows - 1)
+    return jax.tree.map(lambda leaf: leaf[index], rows)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _map_step(kernel: Callable, static, chunk: int, c: jax.Array, rows, arrays):
+    return kernel(combine(static, arrays), _gather(rows, chunk, c))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _map_whole(kernel: Callable, static, chunk: int, num_chunks: int, rows, arrays):
+    config = combine(static, arrays)
+    num_rows = jax.tree.leaves(rows)[0].shape[0]
+    if num_chunks == 1:
+        return kernel(config, rows)
+    out = jax.lax.map(
+        lambda c: kernel(config, _gather(rows, chunk, c)),
+        jnp.arange(num_chunks, dtype=jnp.int32),
+    )
+    return jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:])[:num_rows], out)

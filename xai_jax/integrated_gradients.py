@@ -7,8 +7,6 @@ step-major as in Captum), which is what XLA:CPU runs fastest, and the chunks are
 under the caller's `jit`. Peak memory is one chunk's, whatever `n_steps` or `num_samples`.
 """
 
-import functools
-import math
 import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -20,13 +18,13 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PyTree
 
 from xai_jax import _chunks
+from xai_jax._blackbox import as_target, call, mark_invalid, model_output, selected, shape_of
 from xai_jax._checks import (
     as_float_array,
     as_key,
     check_choice,
     check_positive,
     check_positive_int,
-    is_concrete,
 )
 from xai_jax.quadrature import _rule, quadrature
 
@@ -104,63 +102,6 @@ def _as_forward_kwargs(forward_kwargs, batch: int) -> dict:
     return out
 
 
-class _Target(NamedTuple):
-    index: jax.Array | None  # flat index into each example's output, [batch] int32
-    valid: jax.Array | None  # [batch] bool, only when the target was traced (cannot raise)
-
-
-def _as_target(target, out: jax.ShapeDtypeStruct, batch: int) -> _Target:
-    """Flat per-example output index by alibi's rules, range-checked when concrete."""
-    shape = tuple(out.shape[1:])
-    size = math.prod(shape)
-    if target is None:
-        if size != 1:
-            raise ValueError(
-                f"target is required: the model returns {shape} values per example; pass an "
-                "int, an int array [batch]"
-                + (f", or an int matrix [batch, {len(shape)}]" if len(shape) > 1 else "")
-            )
-        return _Target(None, None)
-    if not shape:
-        raise ValueError("target must be None: the model returns one value per example")
-    t = jnp.asarray(target)
-    if not jnp.issubdtype(t.dtype, jnp.integer):
-        raise TypeError(f"target must be integer, got dtype {t.dtype}")
-    if len(shape) == 1:
-        if t.shape not in ((), (batch,)):
-            raise ValueError(f"target must be an int or of shape ({batch},), got {t.shape}")
-        t = jnp.broadcast_to(t, (batch,))[:, None]
-    elif t.shape != (batch, len(shape)):
-        raise ValueError(
-            f"target must be an int matrix of shape ({batch}, {len(shape)}) for an output of "
-            f"shape {out.shape}, got {t.shape}"
-        )
-    dims = np.asarray(shape)
-    if is_concrete(t):
-        bad = (np.asarray(t) < 0) | (np.asarray(t) >= dims)
-        if bad.any():
-            rows = np.nonzero(bad.any(axis=1))[0][:5]
-            raise ValueError(
-                f"target out of range for an output of shape {out.shape}: rows {rows.tolist()} "
-                f"have {np.asarray(t)[rows].tolist()} (valid: 0 <= target < {shape})"
-            )
-        valid = None
-    else:  # cannot raise on traced data: the example's attribution becomes NaN instead
-        valid = jnp.all((t >= 0) & (t < jnp.asarray(dims, t.dtype)[None]), axis=1)
-    strides = np.cumprod((1, *shape[:0:-1]))[::-1]
-    index = jnp.sum(
-        t.astype(jnp.int32) * jnp.asarray(strides, jnp.int32)[None], axis=1, dtype=jnp.int32
-    )
-    return _Target(index, valid)
-
-
-def _model_output(fn: Callable, x, kwargs: dict) -> jax.ShapeDtypeStruct:
-    out = _shape_of(fn, x, kwargs)
-    if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim == 0:
-        raise TypeError(f"fn must return one array with a leading batch axis, got {out}")
-    return out
-
-
 def _check_internal_batch_size(internal_batch_size) -> int | None:
     if internal_batch_size is None:
         return None
@@ -203,21 +144,12 @@ def _per_step_sum(tree, k: int):
     return jax.tree.map(lambda v: v.reshape(k, -1, *v.shape[1:]).sum(0), tree)
 
 
-def _selected(out: jax.Array, index: jax.Array | None) -> jax.Array:
-    """The target output of each row: `out[r].ravel()[index[r]]`, `[rows]`."""
-    flat = out.reshape(out.shape[0], -1)
-    if index is None:
-        return flat[:, 0]
-    hit = jnp.arange(flat.shape[1], dtype=jnp.int32)[None] == index[:, None]
-    return jnp.sum(jnp.where(hit, flat, jnp.zeros((), flat.dtype)), axis=1)
-
-
 def _weighted_target_grad(fn: Callable, points, kwargs: dict, index, row_weights):
     """Gradient of `sum_r w_r F_target(points_r)` w.r.t. the points (per row: `w_r dF/dx`)."""
 
     def total(p):
         out = fn(p, **kwargs)
-        return jnp.sum(_selected(out, index) * row_weights.astype(out.dtype))
+        return jnp.sum(selected(out, index) * row_weights.astype(out.dtype))
 
     return jax.grad(total)(points)
 
@@ -238,16 +170,8 @@ def _end_difference(model: Callable, ops: dict) -> jax.Array:
     batch = jax.tree.leaves(ops["x"])[0].shape[0]
     both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ops["x"], ops["baselines"])
     kwargs, index = _rows_of(ops, 2)
-    f = _selected(model(both, **kwargs), index)
+    f = selected(model(both, **kwargs), index)
     return f[:batch] - f[batch:]
-
-
-def _mark_invalid(tree, valid):
-    if valid is None:
-        return tree
-    return jax.tree.map(
-        lambda v: jnp.where(valid.reshape(-1, *([1] * (v.ndim - 1))), v, jnp.nan), tree
-    )
 
 
 def _add_path_tables(
@@ -378,7 +302,7 @@ def integrated_gradients(
 def _ig_operands(model: Callable, inputs: _Inputs, baselines, target, forward_kwargs) -> dict:
     kwargs = _as_forward_kwargs(forward_kwargs, inputs.batch)
     b = _as_baselines(baselines, inputs.x)
-    t = _as_target(target, _model_output(model, inputs.x, kwargs), inputs.batch)
+    t = as_target(target, model_output(model, inputs.x, kwargs), inputs.batch)
     return {"x": inputs.x, "baselines": b, "index": t.index, "valid": t.valid, "kwargs": kwargs}
 
 
@@ -394,7 +318,7 @@ def _ig_chunk(config: _Config, c: jax.Array, ops: dict):
 def _ig_finish(config: _Config, total, ops: dict):
     if config.multiply_by_inputs:
         total = jax.tree.map(lambda g, x, b: g * (x - b), total, ops["x"], ops["baselines"])
-    attr = _mark_invalid(total, ops["valid"])
+    attr = mark_invalid(total, ops["valid"])
     if not config.delta:
         return attr
     batch = jax.tree.leaves(ops["x"])[0].shape[0]
@@ -462,7 +386,7 @@ def layer_integrated_gradients(
     b = _as_baselines(baselines, inputs.x)
     both = jax.tree.map(lambda a, c: jnp.concatenate([a, c]), inputs.x, b)
     both_kwargs = {name: _rows(v, 2) for name, v in kwargs.items()}
-    layer = _call(layer_fn, both, both_kwargs)
+    layer = call(layer_fn, both, both_kwargs)
     layer_x = jax.tree.map(lambda v: v[: inputs.batch], layer)
     layer_b = jax.tree.map(lambda v: v[inputs.batch :], layer)
     return integrated_gradients(
@@ -477,25 +401,6 @@ def layer_integrated_gradients(
         return_convergence_delta=return_convergence_delta,
         forward_kwargs=kwargs,
     )
-
-
-def _call(fn: Callable, x, kwargs: dict):
-    """`fn(x, **kwargs)`, compiled (and cached) when called eagerly."""
-    static, arrays = _chunks.partition(fn)
-    if _chunks.is_traced((x, kwargs, arrays)):
-        return fn(x, **kwargs)
-    return _call_jit(static, arrays, x, kwargs)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _call_jit(static, arrays: list, x, kwargs: dict):
-    return _chunks.combine(static, arrays)(x, **kwargs)
-
-
-def _shape_of(fn: Callable, x, kwargs: dict):
-    """`fn(x, **kwargs)`'s shapes, traced once per function and input shapes (jit's cache)."""
-    static, arrays = _chunks.partition(fn)
-    return _call_jit.eval_shape(static, arrays, x, kwargs)
 
 
 def layer_conductance(
@@ -554,7 +459,7 @@ def layer_conductance(
         multiply_by_inputs=False,
         delta=bool(return_convergence_delta),
     )
-    layer = _shape_of(layer_fn, inputs.x, ops["kwargs"])
+    layer = shape_of(layer_fn, inputs.x, ops["kwargs"])
     init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), layer)
     return _chunks.run(_conductance_chunk, _ig_finish, config, ops, init, num_chunks)
 
@@ -620,7 +525,7 @@ def neuron_conductance(
     inputs = _as_inputs(x)
     model = _Composed(layer_fn, head_fn)
     ops = _ig_operands(model, inputs, baselines, target, forward_kwargs)
-    layer = _shape_of(layer_fn, inputs.x, ops["kwargs"])
+    layer = shape_of(layer_fn, inputs.x, ops["kwargs"])
     if not isinstance(layer, jax.ShapeDtypeStruct):
         raise TypeError(f"layer_fn must return one array for neuron_conductance, got {layer}")
     neuron = _as_neuron_index(neuron_index, layer.shape[1:])
@@ -718,7 +623,7 @@ def smoothgrad(
     num_chunks, per_chunk = _chunking(num_samples, 1, size)
     ops = {"x": inputs.x, "stdev": jnp.asarray(stdev), "keys": jax.random.split(key, num_samples)}
     config = _Config(attribution_fn, per_chunk=per_chunk, nt_type=nt_type, num_samples=num_samples)
-    out = _shape_of(attribution_fn, inputs.x, {})
+    out = shape_of(attribution_fn, inputs.x, {})
     init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (out, out))
     return _chunks.run(_noise_chunk, _noise_finish, config, ops, init, num_chunks)
 
@@ -867,4 +772,4 @@ def _expected_chunk(config: _Config, c: jax.Array, ops: dict):
 
 
 def _expected_finish(config: _Config, total, ops: dict):
-    return _mark_invalid(jax.tree.map(lambda t: t / config.num_samples, total), ops["valid"])
+    return mark_invalid(jax.tree.map(lambda t: t / config.num_samples, total), ops["valid"])

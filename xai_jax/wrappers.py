@@ -1,11 +1,14 @@
 """Stateful wrappers with the reference libraries' signatures, over the pure functions.
 
-`IntegratedGradients` is alibi's explainer (seed 001); `Explanation` is alibi's container.
+`IntegratedGradients` is alibi's explainer (seed 001); `Explanation` is alibi's container;
+`LimeBase` is explainax's LIME explainer (seed 004).
 """
 
 import json
+import math
+import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import haiku as hk
 import jax
@@ -15,8 +18,12 @@ from jax.tree_util import Partial
 
 import xai_jax
 from xai_jax import haiku as xai_haiku
-from xai_jax._checks import check_choice, check_positive_int
-from xai_jax.integrated_gradients import _call, integrated_gradients, layer_integrated_gradients
+from xai_jax._blackbox import call
+from xai_jax._checks import as_float_array, check_choice, check_positive, check_positive_int
+from xai_jax.distances import METRICS
+from xai_jax.integrated_gradients import integrated_gradients, layer_integrated_gradients
+from xai_jax.kernels import exponential_kernel
+from xai_jax.lime import _Gaussian, local_surrogates
 from xai_jax.quadrature import METHODS
 
 
@@ -179,7 +186,7 @@ class IntegratedGradients:
             `target`.
         """
         kwargs = dict(forward_kwargs or {})
-        predictions = _call(self._model, X, kwargs)
+        predictions = call(self._model, X, kwargs)
         if target is None and self.target_fn is not None:
             target = self.target_fn(predictions)
         options = dict(
@@ -227,3 +234,172 @@ class IntegratedGradients:
 
 def _as_list(tree) -> list:
     return list(tree) if isinstance(tree, list | tuple) else [tree]
+
+
+def _keyword_call(func: Callable, name: str, extra: dict, x):
+    return func(**{name: x}, **extra)
+
+
+class _UserSampler(NamedTuple):
+    """A user's `perturb_func(key, x_row, num_samples)` as a `local_surrogates` sampler."""
+
+    perturb_func: Callable
+    num_samples: int
+
+    def __call__(self, key, x_row, extra_row):
+        out = self.perturb_func(key, x_row, self.num_samples)
+        if isinstance(out, tuple):  # (interpretable representation, model inputs)
+            Z, samples = out
+            return jnp.asarray(Z).astype(x_row.dtype), samples
+        return out, out
+
+
+class _UserKernel(NamedTuple):
+    kernel_func: Callable
+    kernel_width: Any
+
+    def __call__(self, distances):
+        return self.kernel_func(distances, kernel_width=self.kernel_width)
+
+
+class LimeBase:
+    """explainax's `LimeBase` (seed 004) on `xai_jax.lime`'s vectorised engine.
+
+    Every row of `X` gets a weighted linear surrogate of `func`, fit on a neighbourhood drawn by
+    `perturb_func`; all rows are explained in one compiled program (chunks of rows when many).
+    Differences from explainax, all deliberate:
+
+    - default `kernel_width` is lime's `0.75 * sqrt(d)` (explainax: `0.75 * d`);
+    - the default surrogate is a closed-form weighted ridge with `alpha=1` (lime's
+      `Ridge(alpha=1)`; explainax fitted its ridge by SGD); a scikit-learn regressor may be
+      given as `model_regressor` (fit per row on the host);
+    - the default neighbourhood is Gaussian around each row, `x + N(0, 1)`, with the row itself
+      as sample 0; a custom `perturb_func(key, x_row, num_samples)` returns the
+      `[num_samples, d]` samples, or a pair `(Z, samples)` to fit the surrogate on an
+      interpretable representation `Z` (e.g. `xai_jax.bernoulli_perturbation`'s masks);
+    - `num_samples` counts the row itself (lime's convention), and `key=None` means
+      `jax.random.key(0)`: the same explanation every call unless a key is passed;
+    - the kernel is `kernel_func(distances, kernel_width=...)`, default
+      `xai_jax.exponential_kernel` (lime's kernel; explainax added 1e-8 inside the root).
+
+    explainax's misspelled keywords `kernal_func` and `input_paramter_name` are accepted with a
+    `DeprecationWarning`.
+
+    Args:
+        func: the black box, called as `func(**{input_parameter_name: rows},
+            **additional_func_args)` on `[rows, d]`; JAX or not (NumPy/scikit-learn functions
+            run through `jax.pure_callback`).
+        additional_func_args: keyword arguments of `func` (e.g. `{"params": params}`; arrays
+            in it are arguments of the compiled program, not constants).
+        model_regressor: None or a scikit-learn regressor.
+        kernel_func: `(distances, kernel_width=w) -> weights`.
+        kernel_width: positive width; None for `0.75 * sqrt(d)`.
+        perturb_func: see above; None for Gaussian noise of scale 1.
+        input_parameter_name: the keyword under which `func` takes its input.
+        pairwise_distances_metric: a `xai_jax.pairwise_distances` metric.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from xai_jax import LimeBase
+        >>> w = jnp.array([[1.0], [-2.0], [0.5]])
+        >>> explainer = LimeBase(lambda x, bias: x @ w + bias, additional_func_args={"bias": 3.0})
+        >>> coefs, preds = explainer.attribute(jnp.ones((2, 3)))
+        >>> coefs.round(2), preds.round(2)
+        (Array([[ 1. , -2. ,  0.5],
+               [ 1. , -2. ,  0.5]], dtype=float32), Array([[2.5],
+               [2.5]], dtype=float32))
+    """
+
+    def __init__(
+        self,
+        func: Callable,
+        additional_func_args: Mapping[str, Any] | None = None,
+        model_regressor: Any = None,
+        kernel_func: Callable | None = None,
+        kernel_width: float | None = None,
+        perturb_func: Callable | None = None,
+        input_parameter_name: str = "x",
+        pairwise_distances_metric: str = "euclidean",
+        *,
+        kernal_func: Callable | None = None,
+        input_paramter_name: str | None = None,
+    ):
+        if kernal_func is not None:
+            warnings.warn(
+                "LimeBase(kernal_func=...) is explainax's misspelling; use kernel_func",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if kernel_func is not None:
+                raise TypeError("pass kernel_func or kernal_func, not both")
+            kernel_func = kernal_func
+        if input_paramter_name is not None:
+            warnings.warn(
+                "LimeBase(input_paramter_name=...) is explainax's misspelling; use "
+                "input_parameter_name",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            input_parameter_name = input_paramter_name
+        if not callable(func):
+            raise TypeError(f"func must be callable, got {type(func).__name__}")
+        if not isinstance(input_parameter_name, str):
+            raise TypeError(f"input_parameter_name must be a str, got {input_parameter_name!r}")
+        check_choice("pairwise_distances_metric", pairwise_distances_metric, METRICS)
+        if kernel_width is not None:
+            check_positive("kernel_width", kernel_width)
+        if model_regressor is not None and not all(
+            hasattr(model_regressor, a) for a in ("fit", "predict")
+        ):
+            raise TypeError(
+                f"model_regressor must be a scikit-learn regressor, got {model_regressor!r}"
+            )
+        self.func = func
+        self.additional_func_args = dict(additional_func_args or {})
+        self.model_regressor = model_regressor
+        self.kernel_func = kernel_func if kernel_func is not None else exponential_kernel
+        self.kernel_width = kernel_width
+        self.perturb_func = perturb_func
+        self.input_parameter_name = input_parameter_name
+        self.pairwise_distances_metric = pairwise_distances_metric
+        # one bound model for every call, so compiled programs are reused
+        self._model = Partial(_keyword_call, func, input_parameter_name, self.additional_func_args)
+
+    def attribute(self, X, key=None, num_samples: int = 5000):
+        """Surrogates of every row of `X`.
+
+        Args:
+            X: `[n, d]` rows to explain.
+            key: PRNG key (row `i` uses `jax.random.split(key, n)[i]`); None for
+                `jax.random.key(0)`.
+            num_samples: neighbours per row, the row itself included.
+
+        Returns:
+            `(coefs, preds)`: surrogate coefficients `[n, d]` (`[n, k, d]` when `func`
+            returns `k > 1` values per row) and the surrogate's prediction at each row
+            `[n, k]`.
+        """
+        num_samples = check_positive_int("num_samples", num_samples)
+        X = as_float_array("X", X)
+        if X.ndim != 2:
+            raise ValueError(f"X must be 2-D [rows, features], got shape {X.shape}")
+        width = self.kernel_width
+        if width is None:
+            width = 0.75 * math.sqrt(X.shape[1])
+        if self.perturb_func is None:
+            sample = _Gaussian(num_samples, jnp.ones(X.shape[1], X.dtype), None)
+        else:
+            sample = _UserSampler(self.perturb_func, num_samples)
+        result = local_surrogates(
+            jax.random.key(0) if key is None else key,
+            self._model,
+            X,
+            sample,
+            _UserKernel(self.kernel_func, width),
+            num_samples=num_samples,
+            metric=self.pairwise_distances_metric,
+            regressor=self.model_regressor,
+            all_outputs=True,
+        )
+        coefs = result.coef[:, 0] if result.coef.shape[1] == 1 else result.coef
+        return coefs, result.local_pred

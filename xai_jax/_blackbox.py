@@ -1,0 +1,181 @@
+"""Calling the black box: compiled and cached calls, output shapes, and the target output.
+
+Shared by every method that evaluates a user's model on batches of rows.
+"""
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xai_jax import _chunks
+from xai_jax._checks import is_concrete
+
+
+class Target(NamedTuple):
+    index: jax.Array | None  # flat index into each example's output, [batch] int32
+    valid: jax.Array | None  # [batch] bool, only when the target was traced (cannot raise)
+
+
+def as_target(target, out: jax.ShapeDtypeStruct, batch: int) -> Target:
+    """Flat per-example output index by alibi's rules, range-checked when concrete."""
+    shape = tuple(out.shape[1:])
+    size = math.prod(shape)
+    if target is None:
+        if size != 1:
+            raise ValueError(
+                f"target is required: the model returns {shape} values per example; pass an "
+                "int, an int array [batch]"
+                + (f", or an int matrix [batch, {len(shape)}]" if len(shape) > 1 else "")
+            )
+        return Target(None, None)
+    if not shape:
+        raise ValueError("target must be None: the model returns one value per example")
+    t = jnp.asarray(target)
+    if not jnp.issubdtype(t.dtype, jnp.integer):
+        raise TypeError(f"target must be integer, got dtype {t.dtype}")
+    if len(shape) == 1:
+        if t.shape not in ((), (batch,)):
+            raise ValueError(f"target must be an int or of shape ({batch},), got {t.shape}")
+        t = jnp.broadcast_to(t, (batch,))[:, None]
+    elif t.shape != (batch, len(shape)):
+        raise ValueError(
+            f"target must be an int matrix of shape ({batch}, {len(shape)}) for an output of "
+            f"shape {out.shape}, got {t.shape}"
+        )
+    dims = np.asarray(shape)
+    if is_concrete(t):
+        bad = (np.asarray(t) < 0) | (np.asarray(t) >= dims)
+        if bad.any():
+            rows = np.nonzero(bad.any(axis=1))[0][:5]
+            raise ValueError(
+                f"target out of range for an output of shape {out.shape}: rows {rows.tolist()} "
+                f"have {np.asarray(t)[rows].tolist()} (valid: 0 <= target < {shape})"
+            )
+        valid = None
+    else:  # cannot raise on traced data: the example's attribution becomes NaN instead
+        valid = jnp.all((t >= 0) & (t < jnp.asarray(dims, t.dtype)[None]), axis=1)
+    strides = np.cumprod((1, *shape[:0:-1]))[::-1]
+    index = jnp.sum(
+        t.astype(jnp.int32) * jnp.asarray(strides, jnp.int32)[None], axis=1, dtype=jnp.int32
+    )
+    return Target(index, valid)
+
+
+def model_output(fn: Callable, x, kwargs: dict) -> jax.ShapeDtypeStruct:
+    out = shape_of(fn, x, kwargs)
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim == 0:
+        raise TypeError(f"fn must return one array with a leading batch axis, got {out}")
+    return out
+
+
+def selected(out: jax.Array, index: jax.Array | None) -> jax.Array:
+    """The target output of each row: `out[r].ravel()[index[r]]`, `[rows]`."""
+    flat = out.reshape(out.shape[0], -1)
+    if index is None:
+        return flat[:, 0]
+    hit = jnp.arange(flat.shape[1], dtype=jnp.int32)[None] == index[:, None]
+    return jnp.sum(jnp.where(hit, flat, jnp.zeros((), flat.dtype)), axis=1)
+
+
+def mark_invalid(tree, valid):
+    if valid is None:
+        return tree
+    return jax.tree.map(
+        lambda v: jnp.where(valid.reshape(-1, *([1] * (v.ndim - 1))), v, jnp.nan), tree
+    )
+
+
+def call(fn: Callable, x, kwargs: dict):
+    """`fn(x, **kwargs)`, compiled (and cached) when called eagerly."""
+    static, arrays = _chunks.partition(fn)
+    if _chunks.is_traced((x, kwargs, arrays)):
+        return fn(x, **kwargs)
+    return _call_jit(static, arrays, x, kwargs)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _call_jit(static, arrays: list, x, kwargs: dict):
+    return _chunks.combine(static, arrays)(x, **kwargs)
+
+
+def shape_of(fn: Callable, x, kwargs: dict):
+    """`fn(x, **kwargs)`'s shapes, traced once per function and input shapes (jit's cache)."""
+    static, arrays = _chunks.partition(fn)
+    return _call_jit.eval_shape(static, arrays, x, kwargs)
+
+
+# Raised when a function that is not written in JAX meets a tracer (NumPy conversion, a
+# Python `if` on traced data): such a black box is called through `jax.pure_callback`.
+_NOT_JAX = (
+    jax.errors.TracerArrayConversionError,
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostFunction:
+    """A NumPy black box (a scikit-learn `predict_proba`) behind `jax.pure_callback`.
+
+    Hashable (by the wrapped function), so compiled callers are cached across calls.
+    """
+
+    fn: Callable
+    out_tail: tuple[int, ...]
+    dtype: np.dtype
+
+    def __call__(self, rows: jax.Array) -> jax.Array:
+        spec = jax.ShapeDtypeStruct((rows.shape[0], *self.out_tail), self.dtype)
+        return jax.pure_callback(self._host, spec, rows, vmap_method="sequential")
+
+    def _host(self, rows: np.ndarray) -> np.ndarray:
+        out = np.asarray(self.fn(np.asarray(rows)))
+        expected = (rows.shape[0], *self.out_tail)
+        if out.shape != expected:
+            raise ValueError(
+                f"fn returned shape {out.shape} for {rows.shape[0]} rows; it returned "
+                f"{self.out_tail} per row before, so expected {expected}"
+            )
+        return out.astype(self.dtype)
+
+
+def as_model(fn: Callable, x: jax.Array, num_rows: int) -> tuple[Callable, jax.ShapeDtypeStruct]:
+    """`(model, out)`: `fn` ready to be called on `[num_rows, *x.shape[1:]]` rows inside `jit`.
+
+    A JAX function is returned as it is; a function that fails on tracers (NumPy, scikit-learn)
+    is probed once on two rows of `x` (zeros if `x` is traced) and wrapped in a `HostFunction`.
+    Either way the output must have one row per input row, checked here with a clear error.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    rows = jax.ShapeDtypeStruct((num_rows, *x.shape[1:]), x.dtype)
+    try:
+        out = shape_of(fn, rows, {})
+        model = fn
+    except _NOT_JAX:
+        probe = np.zeros((2, *x.shape[1:]), x.dtype)
+        if is_concrete(x) and x.shape[0]:
+            probe[:] = np.asarray(x)[np.minimum(np.arange(2), x.shape[0] - 1)]
+        result = np.asarray(fn(probe))
+        if result.ndim == 0 or result.shape[0] != 2:
+            raise ValueError(
+                f"fn must return one output row per input row: it returned shape "
+                f"{result.shape} for 2 rows"
+            ) from None
+        if not np.issubdtype(result.dtype, np.number) or np.iscomplexobj(result):
+            raise TypeError(f"fn must return real numbers, got dtype {result.dtype}") from None
+        model = HostFunction(fn, result.shape[1:], np.dtype(x.dtype))
+        out = jax.ShapeDtypeStruct((num_rows, *result.shape[1:]), x.dtype)
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim == 0 or out.shape[0] != num_rows:
+        raise ValueError(
+            f"fn must return one array with one output row per input row: it returned {out} "
+            f"for {num_rows} rows"
+        )
+    return model, out

@@ -1,0 +1,554 @@
+"""Local surrogates: LIME and KernelSHAP for a whole batch of instances in one compiled program.
+
+Both explain each row of `x` by sampling a neighbourhood, calling the black box on it and fitting
+a weighted linear model. The pipeline is shaped for XLA:CPU: neighbourhoods are sampled per
+instance with `vmap` (one key per row, so results do not depend on how rows are batched), the
+samples of a chunk of instances are flattened into one 2-D `[rows, features]` batch for the
+model (a dense model runs as one fused kernel on 2-D input; rank-3 input from `vmap` was 2-4x
+slower), and the surrogate solves are `vmap`-ped again. Chunks of instances keep every buffer
+small: a host loop over one compiled chunk when called eagerly, `lax.map` under `jit`
+(`xai_jax._chunks.map_rows`).
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import sklearn.base
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float, Int
+from sklearn.metrics import r2_score
+
+from xai_jax import _chunks
+from xai_jax._blackbox import Target, as_model, as_target, mark_invalid, selected
+from xai_jax._checks import (
+    as_float_array,
+    as_key,
+    check_choice,
+    check_positive,
+    check_positive_int,
+)
+from xai_jax._coalitions import coalitions, shapley_regression
+from xai_jax.distances import METRICS, pairwise_distances
+from xai_jax.kernels import exponential_kernel
+from xai_jax.perturbations import _check_segments, bernoulli_perturbation, gaussian_perturbation
+from xai_jax.surrogates import SELECTION_METHODS, select_features, weighted_ridge
+
+PERTURBATIONS = ("gaussian", "bernoulli")
+
+# Model rows per compiled chunk: inputs and activations of a small dense model stay in the
+# ~16-32 MB where buffers are still cheap on this class of machine (larger ones page-fault).
+_ROWS_PER_CHUNK = 2**15
+# KernelSHAP evaluates coalitions x background rows per instance (102,400 at the defaults with
+# 50 rows): one call for them all ran 1.3x faster than pieces of 32k rows in a `lax.map`, so
+# an instance is split only beyond this many rows, to bound memory.
+_MAX_ROWS_PER_CALL = 2**18
+
+
+class LimeResult(NamedTuple):
+    """LIME's surrogate of each explained row; a pytree, so it passes through `jit` and `vmap`.
+
+    Attributes:
+        coef: `[n, num_features]` surrogate coefficients (0 for features not selected).
+        intercept: `[n]`.
+        score: `[n]` weighted R^2 of the surrogate on its neighbourhood (lime's `score`).
+        local_pred: `[n]` the surrogate at the instance itself, intercept included.
+    """
+
+    coef: jax.Array
+    intercept: jax.Array
+    score: jax.Array
+    local_pred: jax.Array
+
+
+# --------------------------------------------------------------------------------------------
+# Neighbourhoods: `(key, x_row, extra_row) -> (Z, inputs)`, `Z` being what the surrogate is fit
+# on (lime's scaled data, or the binary masks) and `inputs` what the model sees.
+
+
+class _Gaussian(NamedTuple):
+    num_samples: int
+    scale: jax.Array  # [d]
+    mean: jax.Array | None  # [d]
+
+    def __call__(self, key, x_row, extra_row):
+        samples = gaussian_perturbation(
+            key, x_row, self.num_samples, scale=self.scale, mean=self.mean
+        )
+        centre = jnp.zeros_like(x_row) if self.mean is None else self.mean
+        # scikit-learn's StandardScaler, which lime uses, divides zero-variance features by 1
+        scale = jnp.where(self.scale == 0, jnp.ones_like(self.scale), self.scale)
+        return (samples - centre[None]) / scale[None], samples
+
+
+class _Bernoulli(NamedTuple):
+    num_samples: int
+    baseline: jax.Array  # [d]
+    num_segments: int | None
+
+    def __call__(self, key, x_row, segments_row):
+        masks, samples = bernoulli_perturbation(
+            key,
+            x_row,
+            self.num_samples,
+            baseline=self.baseline,
+            segments=segments_row,
+            num_segments=self.num_segments,
+        )
+        return masks.astype(x_row.dtype), samples
+
+
+class _ExponentialKernel(NamedTuple):
+    kernel_width: Any
+
+    def __call__(self, distances):
+        return exponential_kernel(distances, self.kernel_width)
+
+
+class _Config(NamedTuple):
+    model: Callable
+    sample: Callable  # (key, x_row, extra_row) -> (Z [S, F], inputs [S, d])
+    metric: str
+    kernel: Callable  # distances [S] -> weights [S]
+    num_features: int
+    selection: str
+    alpha: Any
+    fit: bool  # False: return the neighbourhood for a scikit-learn regressor
+    all_outputs: bool  # surrogates of every output at once (LimeBase), no target
+
+
+def _neighbourhoods(config: _Config, rows: dict):
+    """Samples, model labels and kernel weights of a chunk of `m` instances."""
+    extra = rows.get("extra")
+    Z, inputs = jax.vmap(config.sample)(rows["key"], rows["x"], extra)
+    m, s = inputs.shape[:2]
+    out = config.model(inputs.reshape(m * s, *inputs.shape[2:]))
+    index = None if rows["index"] is None else jnp.repeat(rows["index"], s)
+    y = out.reshape(m, s, -1) if config.all_outputs else selected(out, index).reshape(m, s)
+    distances = jax.vmap(lambda z: pairwise_distances(z, z[:1], metric=config.metric)[:, 0])(Z)
+    weights = config.kernel(distances)
+    return Z, y, weights
+
+
+def select(Z, y, weights, *, num_features: int, feature_selection: str) -> jax.Array:
+    """lime's feature selection for one neighbourhood: a `[F]` mask (all True for `none`)."""
+    if feature_selection == "none":
+        return jnp.ones(Z.shape[1], bool)
+    # a discrete choice: no gradient flows through it (and LARS's while_loop has no reverse mode)
+    Z, y, weights = jax.lax.stop_gradient((Z, y, weights))
+    return select_features(Z, y, weights, num_features=num_features, method=feature_selection)
+
+
+def fit_surrogate(Z, y, weights, keep, *, alpha) -> LimeResult:
+    """lime's final `Ridge(alpha)` on the kept features of one neighbourhood.
+
+    `Z [S, F]` (row 0 the instance), `y [S]` (or `[S, k]`), `weights [S]`, `keep [F]`.
+    Zeroed columns get exactly zero coefficients, so this is the fit on the kept columns alone.
+    """
+    design = Z * keep.astype(Z.dtype)[None]
+    fit = weighted_ridge(design, y, weights, alpha=alpha)
+    local = fit.coef @ design[0] + fit.intercept
+    return LimeResult(fit.coef, fit.intercept, fit.score, local)
+
+
+def _lime_chunk(config: _Config, rows: dict):
+    Z, y, weights = _neighbourhoods(config, rows)
+    keep = jax.vmap(
+        lambda z, t, w: select(
+            z, t, w, num_features=config.num_features, feature_selection=config.selection
+        )
+    )(Z, y, weights)
+    if not config.fit:
+        return Z, y, weights, keep
+    return jax.vmap(lambda *a: fit_surrogate(*a, alpha=config.alpha))(Z, y, weights, keep)
+
+
+def _fit_regressor(regressor, Z, y, weights, keep) -> LimeResult:
+    """Fit a clone of a scikit-learn regressor per instance, on its selected features.
+
+    `y` is `[n, S]` or `[n, S, k]`; `score` is the weighted R^2 of each output.
+    """
+    Z, y, weights, keep = (np.asarray(a) for a in (Z, y, weights, keep))
+    tail = y.shape[2:]
+    parts = []
+    for z, t, w, k in zip(Z, y, weights, keep, strict=True):
+        reg = sklearn.base.clone(regressor).fit(z[:, k], t, sample_weight=w)
+        pred = np.reshape(reg.predict(z[:, k]), t.shape)
+        coef = np.zeros((*tail, z.shape[1]))
+        coef[..., k] = np.reshape(reg.coef_, (*tail, -1))
+        intercept = np.broadcast_to(reg.intercept_, tail)
+        score = r2_score(t, pred, sample_weight=w, multioutput="raw_values").reshape(tail)
+        parts.append((coef, intercept, score, pred[0]))
+    return LimeResult(*(jnp.asarray(np.stack(p), Z.dtype) for p in zip(*parts, strict=True)))
+
+
+def _chunk_size(num_rows: int, rows_per_instance: int, batch_size: int | None) -> int:
+    if batch_size is not None:
+        return check_positive_int("batch_size", batch_size)
+    return max(1, min(num_rows, _ROWS_PER_CHUNK // rows_per_instance))
+
+
+def _as_rows(name: str, x) -> jax.Array:
+    x = as_float_array(name, x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [rows, features], got shape {x.shape}")
+    return x
+
+
+def _as_feature_vector(name: str, value, x: jax.Array) -> jax.Array:
+    arr = jnp.asarray(value, x.dtype)
+    if arr.ndim > 1 or arr.size not in (1, x.shape[1]):
+        raise ValueError(
+            f"{name} must be a scalar or one value per feature ({x.shape[1]},), got {arr.shape}"
+        )
+    return jnp.broadcast_to(arr, x.shape[1:])
+
+
+def lime(
+    key: ArrayLike,
+    fn: Callable,
+    x: Float[ArrayLike, "n d"],
+    *,
+    num_samples: int = 5000,
+    perturbation: str = "gaussian",
+    scale: Float[ArrayLike, " d"] | float = 1.0,
+    mean: Float[ArrayLike, " d"] | None = None,
+    kernel_width: float | None = None,
+    distance_metric: str | None = None,
+    alpha: float = 1.0,
+    num_features: int | None = None,
+    feature_selection: str = "none",
+    target: Int[ArrayLike, "*n"] | None = None,
+    regressor: Any = None,
+    segments: Int[ArrayLike, "*n d"] | None = None,
+    num_segments: int | None = None,
+    baseline: Float[ArrayLike, " d"] | float = 0.0,
+    batch_size: int | None = None,
+) -> LimeResult:
+    """LIME: a weighted linear surrogate of `fn` around each row of `x`, as the `lime` package.
+
+    For each row (one key each, split from `key`), `num_samples` neighbours are drawn (row 0 is
+    the instance), labelled by `fn`, weighted by lime's kernel
+    `sqrt(exp(-d**2 / kernel_width**2))` of their distance to the instance, and a ridge
+    regression (`alpha`, intercept, sample weights; lime's `Ridge(alpha=1)`) is fit on them,
+    optionally on `num_features` features chosen first by `feature_selection`.
+
+    - `perturbation="gaussian"` (lime's tabular explainer without discretisation): neighbours
+      `x + scale * N(0, 1)`, or `mean + scale * N(0, 1)` when `mean` is given (lime samples
+      around the training mean by default). The surrogate is fit, and distances are measured, in
+      lime's scaled space `(z - mean) / scale` (`mean` = 0 when None; a zero `scale` counts as
+      1, as scikit-learn's scaler): coefficients are per `scale` unit, and with the defaults
+      per unit of `x`. Default `kernel_width = 0.75 * sqrt(d)` (lime's; explainax used
+      `0.75 * d`) and euclidean distances.
+    - `perturbation="bernoulli"` (lime's image explainer): random 0/1 masks over the features,
+      or over `segments` (an integer label map `[d]` shared by all rows or `[n, d]` per row,
+      labels `0..num_segments-1`, e.g. superpixels of flattened images); switched-off features
+      take `baseline` (e.g. each superpixel's mean colour). The surrogate is fit on the masks
+      and `coef` has one entry per segment. Default kernel width 0.25 and cosine distances
+      between each mask and the all-ones mask, as lime's image explainer.
+
+    `fn` maps `[rows, d]` to `[rows]` or `[rows, ...]` outputs; it may be a JAX function or not
+    (a scikit-learn `predict_proba`, called through `jax.pure_callback`: it then runs on the
+    host, and is probed once on two rows of `x` for its output shape). All samples of a chunk
+    of instances go to `fn` as one 2-D batch.
+
+    Args:
+        key: PRNG key; row `i` uses `jax.random.split(key, n)[i]`.
+        fn: the black box.
+        x: `[n, d]` instances to explain.
+        num_samples: neighbours per instance, the instance included (lime's 5000).
+        perturbation: `gaussian` or `bernoulli`.
+        scale: Gaussian standard deviation, a scalar or one per feature (>= 0).
+        mean: Gaussian centre per feature (e.g. training means); None samples around each row.
+        kernel_width: positive width; None for lime's default (see above).
+        distance_metric: a `pairwise_distances` metric; None: euclidean (gaussian) or cosine
+            (bernoulli).
+        alpha: ridge penalty of the surrogate (>= 0).
+        num_features: features the surrogate may use (static); None: all.
+        feature_selection: `none`, `highest_weights`, `forward_selection`, `lasso_path` or
+            `auto`, with lime's meanings (see `xai_jax.surrogates.select_features`).
+        target: which output to explain: None when `fn` returns one value per row, an int,
+            or an int array `[n]` (one per row); for outputs of rank > 2 an int matrix.
+        regressor: None for the JAX ridge; or a scikit-learn regressor (cloned and fit per
+            instance with `sample_weight`, on the host, so not under `jit`).
+        segments: integer label map for `bernoulli`, `[d]` or `[n, d]`.
+        num_segments: number of segment labels; required when `segments` is traced.
+        baseline: value of switched-off features for `bernoulli`, scalar or `[d]`.
+        batch_size: instances per compiled chunk; None sizes chunks to ~32k model rows. Does
+            not change the result (beyond float round-off).
+
+    Returns:
+        `LimeResult(coef [n, F], intercept [n], score [n], local_pred [n])`, `F` being `d` or
+        the number of segments.
+
+    Raises:
+        ValueError: `x` not 2-D, unknown `perturbation`/`feature_selection`/`distance_metric`,
+            `num_features` outside `[1, F]`, segments of the wrong shape, `mean` or `segments`
+            with the wrong perturbation, a black box whose output does not have one row per
+            input row, a target out of range or missing for a vector output.
+        TypeError: `key` is not a PRNG key, `regressor` has no `fit`/`predict`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from xai_jax import lime
+        >>> w = jnp.array([1.0, -2.0, 0.5])
+        >>> res = lime(jax.random.key(0), lambda z: z @ w + 3.0, jnp.ones((2, 3)))
+        >>> res.coef.round(2)
+        Array([[ 1. , -2. ,  0.5],
+               [ 1. , -2. ,  0.5]], dtype=float32)
+        >>> res.intercept.round(2), res.score.round(2)
+        (Array([3., 3.], dtype=float32), Array([1., 1.], dtype=float32))
+    """
+    num_samples = check_positive_int("num_samples", num_samples)
+    check_choice("perturbation", perturbation, PERTURBATIONS)
+    check_choice("feature_selection", feature_selection, SELECTION_METHODS)
+    x = _as_rows("x", x)
+    d = x.shape[1]
+    gaussian = perturbation == "gaussian"
+    if gaussian:
+        if segments is not None:
+            raise ValueError("segments is only used with perturbation='bernoulli'")
+        check_positive("scale", scale, allow_zero=True)
+        sample = _Gaussian(
+            num_samples,
+            _as_feature_vector("scale", scale, x),
+            None if mean is None else _as_feature_vector("mean", mean, x),
+        )
+        extra, num_feats = None, d
+    else:
+        if mean is not None:
+            raise ValueError("mean is only used with perturbation='gaussian'")
+        extra, num_feats = _as_segments(segments, num_segments, x)
+        sample = _Bernoulli(
+            num_samples,
+            _as_feature_vector("baseline", baseline, x),
+            None if extra is None else num_feats,
+        )
+    metric = distance_metric or ("euclidean" if gaussian else "cosine")
+    check_choice("distance_metric", metric, METRICS)
+    if kernel_width is None:
+        kernel_width = 0.75 * math.sqrt(d) if gaussian else 0.25
+    check_positive("kernel_width", kernel_width)
+    check_positive("alpha", alpha, allow_zero=True)
+    if num_features is None:
+        num_features = num_feats
+    num_features = check_positive_int("num_features", num_features)
+    if num_features > num_feats:
+        raise ValueError(f"num_features={num_features} exceeds the {num_feats} features")
+    if regressor is not None and not all(hasattr(regressor, a) for a in ("fit", "predict")):
+        raise TypeError(f"regressor must be a scikit-learn regressor, got {regressor!r}")
+
+    return local_surrogates(
+        key,
+        fn,
+        x,
+        sample,
+        _ExponentialKernel(kernel_width),
+        num_samples=num_samples,
+        metric=metric,
+        num_features=num_features,
+        feature_selection=feature_selection,
+        alpha=alpha,
+        target=target,
+        regressor=regressor,
+        extra=extra,
+        batch_size=batch_size,
+    )
+
+
+def local_surrogates(
+    key,
+    fn: Callable,
+    x: jax.Array,
+    sample: Callable,
+    kernel: Callable,
+    *,
+    num_samples: int,
+    metric: str,
+    num_features: int | None = None,
+    feature_selection: str = "none",
+    alpha: float = 1.0,
+    target=None,
+    regressor=None,
+    extra=None,
+    batch_size: int | None = None,
+    all_outputs: bool = False,
+) -> LimeResult:
+    """The engine of `lime` and `LimeBase`, for checked arguments.
+
+    `sample(key, x_row, extra_row) -> (Z [S, F], inputs [S, d])` draws one neighbourhood of
+    `S = num_samples` rows (a hashable callable: a NamedTuple of options) and
+    `kernel(distances [S]) -> weights [S]` weighs it. With
+    `all_outputs` every output of `fn` gets a surrogate (no target, no feature selection):
+    `coef [n, k, F]`, the rest `[n, k]`.
+    """
+    n = x.shape[0]
+    if regressor is not None and _chunks.is_traced((x, extra)):
+        raise ValueError(
+            "a scikit-learn regressor is fit on the host, outside jit: call lime eagerly, or "
+            "use regressor=None (the JAX ridge)"
+        )
+    model, out = as_model(fn, x, num_samples)
+    keys = jax.random.split(as_key(key), n)
+    t = Target(None, None) if all_outputs else as_target(target, out, n)
+    config = _Config(
+        model,
+        sample,
+        metric,
+        kernel,
+        num_features,
+        feature_selection,
+        alpha,
+        regressor is None,
+        all_outputs,
+    )
+    rows = {"key": keys, "x": x, "extra": extra, "index": t.index}
+    chunk = _chunk_size(n, num_samples, batch_size)
+    result = _chunks.map_rows(_lime_chunk, config, rows, n, chunk)
+    if regressor is not None:
+        result = _fit_regressor(regressor, *result)
+    return mark_invalid(result, t.valid)
+
+
+def _as_segments(segments, num_segments, x: jax.Array):
+    """Per-row label maps `[n, d]` (or None) and the number of surrogate features."""
+    n, d = x.shape
+    if segments is None:
+        if num_segments is not None:
+            raise ValueError("num_segments is only used with segments")
+        return None, d
+    seg = jnp.asarray(segments)
+    if seg.shape not in ((d,), (n, d)):
+        raise ValueError(
+            f"segments must have shape ({d},) or ({n}, {d}) for x {x.shape}, got {seg.shape}"
+        )
+    seg, num = _check_segments(seg, num_segments, jnp.zeros(seg.shape, x.dtype))
+    return jnp.broadcast_to(seg, (n, d)), num
+
+
+# --------------------------------------------------------------------------------------------
+# KernelSHAP
+
+
+class _ShapConfig(NamedTuple):
+    model: Callable
+    background: jax.Array  # [b, d]
+    num_samples: int
+    per_call: int  # coalitions per model call
+
+
+def _expected_values(config: _ShapConfig, masks, x, index):
+    """`E_b f(x where mask else background_b)` for every coalition: `[m, S]`."""
+    bg = config.background
+    m, s, d = masks.shape
+
+    def piece(mask):  # [m, q, d] -> [m, q]
+        q = mask.shape[1]
+        inputs = jnp.where(mask[:, :, None, :], x[:, None, None, :], bg[None, None])
+        out = config.model(inputs.reshape(m * q * bg.shape[0], d))
+        rep = None if index is None else jnp.repeat(index, q * bg.shape[0])
+        return selected(out, rep).reshape(m, q, bg.shape[0]).mean(axis=2)
+
+    if config.per_call >= s:
+        return piece(masks)
+    pieces = -(-s // config.per_call)
+    # pad with all-ones masks (the instance itself: valid input), cut off below
+    padded = jnp.concatenate(
+        [masks, jnp.ones((m, pieces * config.per_call - s, d), bool)], axis=1
+    ).reshape(m, pieces, config.per_call, d)
+    values = jax.lax.map(piece, jnp.moveaxis(padded, 1, 0))  # [pieces, m, q]
+    return jnp.moveaxis(values, 0, 1).reshape(m, -1)[:, :s]
+
+
+def _shap_chunk(config: _ShapConfig, rows: dict):
+    d = rows["x"].shape[1]
+    masks, weights = jax.vmap(lambda k: coalitions(k, d, config.num_samples))(rows["key"])
+    index = rows["index"]
+    fx = selected(config.model(rows["x"]), index)
+    out_bg = config.model(config.background).reshape(config.background.shape[0], -1)
+    fnull = (out_bg[:, 0] if index is None else out_bg[:, index]).mean(axis=0)
+    fnull = jnp.broadcast_to(fnull, fx.shape)
+    if masks.shape[1] == 0:  # one feature: efficiency alone decides
+        return (fx - fnull)[:, None]
+    values = _expected_values(config, masks, rows["x"], index)
+    return jax.vmap(shapley_regression)(masks, values - fnull[:, None], weights, fx - fnull)
+
+
+def kernel_shap(
+    key: ArrayLike,
+    fn: Callable,
+    x: Float[ArrayLike, "n d"],
+    background: Float[ArrayLike, "b d"],
+    *,
+    num_samples: int = 2048,
+    target: Int[ArrayLike, "*n"] | None = None,
+    batch_size: int | None = None,
+) -> Float[Array, "n d"]:
+    """KernelSHAP: Shapley values of each row of `x` by weighted regression on coalitions.
+
+    A coalition `S` of features is valued `v(S) = mean_b f(x_S, background_b rest)`; Shapley
+    values are the weighted least-squares fit of `v(S) - v({})` on the coalition masks with the
+    Shapley kernel weights, with efficiency `sum(phi) = f(x) - mean f(background)` enforced
+    exactly (shap's `KernelExplainer`, `l1_reg=False`). Coalitions follow shap's scheme: whole
+    coalition sizes (with their complements) are enumerated while the budget allows, the rest
+    are sampled with their complements, one key per row. When `num_samples >= 2**d - 2` every
+    coalition is enumerated and the values are exact Shapley values (d <= 11 with the default).
+    shap merges repeated draws into one weighted sample; we keep them as separate rows of equal
+    weight, which is the same regression. Features whose value equals every background row's
+    are dummies with Shapley value 0: exact enumeration gives 0, sampling gives ~0 (shap drops
+    them before sampling).
+
+    The model is called on `[rows, d]` batches of coalition-by-background rows (all of a chunk
+    of instances at once, or pieces of ~262k rows in a `lax.map` when one instance has more);
+    `fn` may be a non-JAX function (called through `jax.pure_callback`).
+
+    Args:
+        key: PRNG key; row `i` uses `jax.random.split(key, n)[i]`.
+        fn: the black box, `[rows, d] -> [rows]` or `[rows, ...]`.
+        x: `[n, d]` instances to explain.
+        background: `[b, d]` rows that stand in for absent features.
+        num_samples: coalitions per instance (capped at `2**d - 2`).
+        target: None when `fn` returns one value per row, an int, an int array `[n]`, or for
+            outputs of rank > 2 an int matrix.
+        batch_size: instances per compiled chunk; None sizes chunks to ~32k model rows. Does
+            not change the result (beyond float round-off).
+
+    Returns:
+        `[n, d]` Shapley values.
+
+    Raises:
+        ValueError: `x` or `background` not 2-D or with different feature counts,
+            `num_samples < 1`, a black box whose output does not have one row per input row,
+            a target out of range or missing for a vector output.
+        TypeError: `key` is not a PRNG key.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from xai_jax import kernel_shap
+        >>> f = lambda z: z[:, 0] * z[:, 1] + z[:, 2]
+        >>> kernel_shap(jax.random.key(0), f, jnp.ones((1, 3)), jnp.zeros((4, 3))).round(4)
+        Array([[0.5, 0.5, 1. ]], dtype=float32)
+    """
+    num_samples = check_positive_int("num_samples", num_samples)
+    x = _as_rows("x", x)
+    background = _as_rows("background", background)
+    n, d = x.shape
+    if background.shape[1] != d:
+        raise ValueError(
+            f"background must have the {d} features of x, got shape {background.shape}"
+        )
+    background = background.astype(x.dtype)
+    b = background.shape[0]
+    s = min(num_samples, 2**d - 2) if d < 63 else num_samples
+    model, out = as_model(fn, x, max(1, s) * b)
+    keys = jax.random.split(as_key(key), n)
+    t = as_target(target, out, n)
+    per_call = max(1, _MAX_ROWS_PER_CALL // b)
+    config = _ShapConfig(model, background, num_samples, per_call)
+    chunk = _chunk_size(n, max(1, s) * b, batch_size)
+    rows = {"key": keys, "x": x, "index": t.index}
+    phi = _chunks.map_rows(_shap_chunk, config, rows, n, chunk)
+    return mark_invalid(phi, t.valid)

@@ -25,6 +25,8 @@ BENCHMARKS = {
     "urv_gradient": "benchmarks.bench_gradients:bench_urv_gradient",
     "integrated_gradients": "benchmarks.bench_integrated_gradients:bench_integrated_gradients",
     "layer_conductance": "benchmarks.bench_integrated_gradients:bench_layer_conductance",
+    "lime": "benchmarks.bench_lime:bench_lime",
+    "kernel_shap": "benchmarks.bench_lime:bench_kernel_shap",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 TARGET_LABELS = {"ratio_median": "{:g}x", "matmul_fraction": "{:.0%} of matmul"}

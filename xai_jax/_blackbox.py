@@ -36,34 +36,35 @@ def as_target(target, out: jax.ShapeDtypeStruct, batch: int) -> Target:
         return Target(None, None)
     if not shape:
         raise ValueError("target must be None: the model returns one value per example")
-    t = jnp.asarray(target)
-    if not jnp.issubdtype(t.dtype, jnp.integer):
+    concrete = is_concrete(target)
+    xp = np if concrete else jnp  # concrete targets: checks and index on the host, no dispatch
+    t = xp.asarray(target)
+    if not np.issubdtype(t.dtype, np.integer):
         raise TypeError(f"target must be integer, got dtype {t.dtype}")
     if len(shape) == 1:
         if t.shape not in ((), (batch,)):
             raise ValueError(f"target must be an int or of shape ({batch},), got {t.shape}")
-        t = jnp.broadcast_to(t, (batch,))[:, None]
+        t = xp.broadcast_to(t, (batch,))[:, None]
     elif t.shape != (batch, len(shape)):
         raise ValueError(
             f"target must be an int matrix of shape ({batch}, {len(shape)}) for an output of "
             f"shape {out.shape}, got {t.shape}"
         )
     dims = np.asarray(shape)
-    if is_concrete(t):
-        bad = (np.asarray(t) < 0) | (np.asarray(t) >= dims)
+    if concrete:
+        bad = (t < 0) | (t >= dims)
         if bad.any():
             rows = np.nonzero(bad.any(axis=1))[0][:5]
             raise ValueError(
                 f"target out of range for an output of shape {out.shape}: rows {rows.tolist()} "
-                f"have {np.asarray(t)[rows].tolist()} (valid: 0 <= target < {shape})"
+                f"have {t[rows].tolist()} (valid: 0 <= target < {shape})"
             )
         valid = None
     else:  # cannot raise on traced data: the example's attribution becomes NaN instead
         valid = jnp.all((t >= 0) & (t < jnp.asarray(dims, t.dtype)[None]), axis=1)
     strides = np.cumprod((1, *shape[:0:-1]))[::-1]
-    index = jnp.sum(
-        t.astype(jnp.int32) * jnp.asarray(strides, jnp.int32)[None], axis=1, dtype=jnp.int32
-    )
+    index = xp.sum(t.astype(np.int32) * strides.astype(np.int32)[None], axis=1, dtype=np.int32)
+    index = jnp.asarray(index)
     return Target(index, valid)
 
 

@@ -30,6 +30,7 @@ from xai_jax._checks import (
     check_choice,
     check_positive,
     check_positive_int,
+    is_concrete,
 )
 from xai_jax._coalitions import coalitions, shapley_regression
 from xai_jax.distances import METRICS, pairwise_distances
@@ -199,7 +200,7 @@ def _as_rows(name: str, x) -> jax.Array:
 
 
 def _as_feature_vector(name: str, value, x: jax.Array) -> jax.Array:
-    arr = jnp.asarray(value, x.dtype)
+    arr = (np if is_concrete(value) else jnp).asarray(value, x.dtype)
     if arr.ndim > 1 or arr.size not in (1, x.shape[1]):
         raise ValueError(
             f"{name} must be a scalar or one value per feature ({x.shape[1]},), got {arr.shape}"

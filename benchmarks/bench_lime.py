@@ -23,7 +23,6 @@ coalitions, computed with JAX).
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import jax
@@ -32,6 +31,7 @@ import numpy as np
 import shap
 from lime.lime_tabular import LimeTabularExplainer
 
+from benchmarks import _mlp
 from benchmarks._timing import Context, record
 from xai_jax import kernel_shap, lime
 
@@ -52,36 +52,11 @@ COLUMNS = [
 ]
 
 
-def _params(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return [
-        (
-            (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32),
-            (0.1 * rng.standard_normal(b)).astype(np.float32),
-        )
-        for a, b in itertools.pairwise(SIZES)
-    ]
-
-
-def _mlp(params, x, xp):
-    for w, b in params[:-1]:
-        x = xp.maximum(x @ w + b, 0)
-    w, b = params[-1]
-    z = x @ w + b
-    e = xp.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _flops(rows: int) -> float:
-    return 2.0 * rows * sum(a * b for a, b in itertools.pairwise(SIZES))
-
-
 class _Setup:
     def __init__(self):
-        params = _params()
-        jparams = [(jnp.asarray(w), jnp.asarray(b)) for w, b in params]
-        self.peer_fn = lambda x: _mlp(params, x, np)
-        self.fn = lambda x: _mlp(jparams, x, jnp)
+        params, jparams = _mlp.numpy_and_jax(0, SIZES)
+        self.peer_fn = lambda x: _mlp.softmax(params, x, np)
+        self.fn = lambda x: _mlp.softmax(jparams, x, jnp)
         rng = np.random.default_rng(1)
         self.train = (rng.standard_normal((1000, SIZES[0])) * rng.uniform(0.5, 2, SIZES[0])
                       + rng.standard_normal(SIZES[0])).astype(np.float32)  # fmt: skip
@@ -213,7 +188,7 @@ def _case(ctx, timings, name, instances, n_peer, rows, agreement, target) -> dic
     per = type(peer)
     peer_1 = per(peer.median * scale_peer, peer.min * scale_peer, peer.repeats)
     ours_1 = per(ours.median * scale_ours, ours.min * scale_ours, ours.repeats)
-    model_gflops = _flops(rows) / ours_1.median / 1e9
+    model_gflops = _mlp.model_flops(rows, SIZES) / ours_1.median / 1e9
     return record(
         f"{instances} instance{'s' * (instances > 1)}",
         peer_1,

@@ -70,7 +70,9 @@ class LimeResult(NamedTuple):
 # on (lime's scaled data, or the binary masks) and `inputs` what the model sees.
 
 
-class _Gaussian(NamedTuple):
+class GaussianNeighbourhood(NamedTuple):
+    """lime's tabular sampling; `Z` is lime's scaled data `(samples - mean) / scale`."""
+
     num_samples: int
     scale: jax.Array  # [d]
     mean: jax.Array | None  # [d]
@@ -85,7 +87,9 @@ class _Gaussian(NamedTuple):
         return (samples - centre[None]) / scale[None], samples
 
 
-class _Bernoulli(NamedTuple):
+class BernoulliNeighbourhood(NamedTuple):
+    """lime's image sampling over features or segments; `Z` is the 0/1 masks."""
+
     num_samples: int
     baseline: jax.Array  # [d]
     num_segments: int | None
@@ -313,7 +317,7 @@ def lime(
         if segments is not None:
             raise ValueError("segments is only used with perturbation='bernoulli'")
         check_positive("scale", scale, allow_zero=True)
-        sample = _Gaussian(
+        sample = GaussianNeighbourhood(
             num_samples,
             _as_feature_vector("scale", scale, x),
             None if mean is None else _as_feature_vector("mean", mean, x),
@@ -323,7 +327,7 @@ def lime(
         if mean is not None:
             raise ValueError("mean is only used with perturbation='gaussian'")
         extra, num_feats = _as_segments(segments, num_segments, x)
-        sample = _Bernoulli(
+        sample = BernoulliNeighbourhood(
             num_samples,
             _as_feature_vector("baseline", baseline, x),
             None if extra is None else num_feats,

@@ -23,7 +23,7 @@ from xai_jax._checks import as_float_array, check_choice, check_positive, check_
 from xai_jax.distances import METRICS
 from xai_jax.integrated_gradients import integrated_gradients, layer_integrated_gradients
 from xai_jax.kernels import exponential_kernel
-from xai_jax.lime import _Gaussian, local_surrogates
+from xai_jax.lime import GaussianNeighbourhood, local_surrogates
 from xai_jax.quadrature import METHODS
 
 
@@ -387,7 +387,7 @@ class LimeBase:
         if width is None:
             width = 0.75 * math.sqrt(X.shape[1])
         if self.perturb_func is None:
-            sample = _Gaussian(num_samples, jnp.ones(X.shape[1], X.dtype), None)
+            sample = GaussianNeighbourhood(num_samples, jnp.ones(X.shape[1], X.dtype), None)
         else:
             sample = _UserSampler(self.perturb_func, num_samples)
         result = local_surrogates(

@@ -1,0 +1,391 @@
+"""Sparse, box-constrained optimizers for counterfactual explanations, as optax transformations.
+
+`aoexpgrad` is the adaptive optimistic exponentiated-gradient method of the MAX library
+(`maxi.lib.computation_components.optimizer.AoExpGradOptimizer`, dailab/MAXi-XAI-lib), which
+minimises `loss(y) + l1 * ||y||_1 + l2 / 2 * ||y||^2`. `elastic_net_fista` is the shrinkage and
+momentum step of alibi's CEM (`alibi.explainers.cem.CEM`, SeldonIO/alibi), which minimises
+`loss(y) + beta * ||y - y0||_1`. Both are pure `optax.GradientTransformation`s: the state is a
+NamedTuple of arrays (a pytree), the hyper-parameters are closed over, and `update` returns
+updates such that `optax.apply_updates(params, updates)` is the method's next iterate, so they
+run under `jit` and compose with `optax.chain` (e.g. after `optax.clip` for alibi's gradient
+clipping). The gradient passed to `update` must be the gradient at `params`, the point the
+previous update moved to.
+"""
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.typing import ArrayLike
+from jaxtyping import Array, Float, Int
+
+from xai_jax._checks import check_positive, is_concrete
+
+__all__ = [
+    "AoExpGradState",
+    "ElasticNetFistaState",
+    "aoexpgrad",
+    "elastic_net_fista",
+]
+
+# Newton on `w + log w = a` converges quadratically from the starts below (relative error of the
+# start <= 7%, see `_lambertw_exp`); 4 steps reach float64 round-off over the whole real line,
+# float32 needs 3.
+_NEWTON_STEPS = 4
+
+
+def _lambertw_exp(a: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
+    """`W0(exp(a))` (the Wright omega function) for real `a`, without forming `exp(a)`.
+
+    Solves `w + log(w) = a` by Newton's method, vectorised and in the dtype of `a`. Starts:
+    `exp(a)` for `a <= -2` (where `W(e^a) = e^a (1 - e^a + ...)`), the Taylor series about
+    `a = 1` (where `w = 1`) on `(-2, 1]`, and `a - log a + log(a) / a` above. Below
+    `log(eps)`, `W(e^a)` rounds to `e^a`, which is returned as is (and keeps `log(w)` finite).
+    Accurate to a few ulps times the condition number `|a| / (1 + w)` for every finite `a`,
+    e.g. `a = 800` gives `w = 793.32...` where `exp(a)` overflows float64.
+
+    Args:
+        a: real array.
+
+    Returns:
+        `w > 0` with `w * exp(w) = exp(a)`, same shape and (floating) dtype as `a`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from xai_jax.optimizers import _lambertw_exp
+        >>> [round(float(w), 3) for w in _lambertw_exp(jnp.array([0.0, 1.0, 15.0]))]
+        [0.567, 1.0, 12.476]
+    """
+    a = jnp.asarray(a)
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        a = a.astype(jnp.result_type(float))
+    cut = float(np.log(jnp.finfo(a.dtype).eps))
+    s = jnp.maximum(a, cut)  # the exp(a) branch is picked below `cut`; keep its lanes finite
+    big = jnp.maximum(s, 1.0)
+    log_big = jnp.log(big)
+    m = s - 1.0
+    taylor = 1.0 + m * (1 / 2 + m * (1 / 16 + m * (-1 / 192 + m * (-1 / 3072 + m * 13 / 61440))))
+    w = jnp.where(s > 1.0, big - log_big + log_big / big, jnp.where(s > -2.0, taylor, jnp.exp(s)))
+    for _ in range(_NEWTON_STEPS):
+        # w/(1+w) rather than 1/(1+1/w): finite for every w > 0, no overflow for huge a
+        w = w + (s - w - jnp.log(w)) * (w / (1.0 + w))
+    return jnp.where(a > cut, w, jnp.exp(a))
+
+
+# --------------------------------------------------------------------------------------------
+# Shared boundary checks.
+
+
+def _check_bounds(lower, upper) -> None:
+    for name, value in (("lower", lower), ("upper", upper)):
+        if value is not None and is_concrete(value):
+            arr = np.asarray(value)
+            if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+                raise TypeError(f"{name} must be a real number or array, got {value!r}")
+            if np.any(np.isnan(arr)):
+                raise ValueError(f"{name} must not be NaN, got {value!r}")
+    if lower is None or upper is None or not (is_concrete(lower) and is_concrete(upper)):
+        return
+    lo, hi = np.asarray(lower), np.asarray(upper)
+    try:
+        bad = np.any(lo > hi)
+    except ValueError as err:
+        raise ValueError(
+            f"lower and upper must broadcast together, got shapes {lo.shape} and {hi.shape}"
+        ) from err
+    if bad:
+        raise ValueError(f"lower must be <= upper everywhere, got lower={lower!r}, upper={upper!r}")
+
+
+def _check_real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _clip(x: Array, lower, upper) -> Array:
+    """`x` clipped leaf-wise; bounds are cast to `x`'s dtype and broadcast to its shape."""
+    if lower is not None:
+        x = jnp.maximum(x, jnp.broadcast_to(jnp.asarray(lower, x.dtype), x.shape))
+    if upper is not None:
+        x = jnp.minimum(x, jnp.broadcast_to(jnp.asarray(upper, x.dtype), x.shape))
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# AO-ExpGrad (MAX).
+
+
+class AoExpGradState(NamedTuple):
+    """State of `aoexpgrad`; every field but `count` has the params' tree structure."""
+
+    count: Int[Array, ""]  # steps taken, MAX's `t`
+    x: optax.Params  # mirror-descent iterate, clipped to the bounds
+    y: optax.Params  # weighted average of the x's: the point the gradient is taken at
+    h: optax.Updates  # previous gradient, the optimistic hint
+    lam: optax.Params  # per leaf: sum over steps of (t * ||g - h||_inf)^2, a scalar
+
+
+def aoexpgrad(
+    l1: float = 0.5,
+    l2: float = 0.5,
+    eta: float = 1.0,
+    *,
+    lower: float | ArrayLike | None = None,
+    upper: float | ArrayLike | None = None,
+) -> optax.GradientTransformation:
+    """Adaptive optimistic exponentiated gradient (AO-ExpGrad), as in MAX's `AoExpGradOptimizer`.
+
+    Minimises `loss(y) + l1 * ||y||_1 + l2 / 2 * ||y||^2` over the box `[lower, upper]` with
+    exponentiated-gradient mirror steps on the elastic-net regulariser (so that entries become
+    exactly 0), an optimistic hint (the previous gradient) and an adaptive step size. One
+    `update` with the gradient `g` at `y` (= `params`) does, with `t` the step number (from 1),
+    `B = t (t + 1) / 2`, `b0 = 1 / d`:
+
+        lam += (t * ||g - h||_inf)^2;  alpha = eta * sqrt(lam) / sqrt(log(d + 1))  (1e-6 if 0)
+        z = sign(x) log(|x| / b0 + 1) - (t g - t h + (t + 1) g) / alpha
+        l2 == 0: v = b0 exp(max(|z| - l1 (t + 1) / alpha, 0)) - b0
+        l2 > 0:  b = l2 (t + 1) / alpha;  c = min(l1 (t + 1) / alpha - |z|, 0)
+                 v = W0(exp(-c + log(b0 b) + b0 b)) / b - b0
+        x = clip(sign(z) v, lower, upper);  y = (t / B) x + ((B - t) / B) y;  h = g
+
+    and returns `updates = y_new - params`. This is MAX's `AOExpGrad.update` step for step
+    (MAX's first `step()` call only evaluates the starting point; its later calls are these
+    updates), with two deliberate differences. `W0(exp(.))` is computed accurately for every
+    argument: MAX switches to `log(a) - log(log(a)) + ...` for arguments `a >= 15`, which is the
+    asymptote of `W(a)`, not of `W(exp(a))` (at 15 it gives 2.08 instead of 12.48), so MAX's
+    iterates are wrong whenever that branch is hit; here they follow the algorithm. And for
+    `l2 > 0` an entry whose soft-threshold is active (`c == 0`) is set to exactly 0, as the
+    formula says, instead of MAX's round-off residue of `W(b0 b e^(b0 b)) / b - b0`.
+
+    Pytrees are optimised leaf by leaf, each leaf as its own MAX problem: `d` is the leaf's size
+    and `lam` is accumulated per leaf (MAX takes a single array, for which this is the same).
+
+    Args:
+        l1: L1 weight, >= 0.
+        l2: L2 weight, >= 0 (`l2 / 2 * ||y||^2`, as MAX). `l2 == 0` uses the closed form.
+        eta: step-size scale, > 0; larger means smaller steps.
+        lower: lower bound on the mirror-descent iterate `x`, hence on `y` (from the first step
+            on, `y` is a weighted average of the `x`'s; the start gets weight 0): None, a scalar
+            or an array broadcastable to every leaf. Traced values are not checked.
+        upper: upper bound, as `lower`.
+
+    Returns:
+        An `optax.GradientTransformation` with state `AoExpGradState`. `update(grads, state,
+        params)` expects the gradient of `loss` (without the regulariser) at `params`; with
+        `params=None` it uses `state.y`, the point the previous update moved to.
+
+    Raises:
+        ValueError: negative `l1` or `l2`, `eta <= 0`, NaN bounds, or `lower > upper`.
+        TypeError: non-real hyper-parameters.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from xai_jax.optimizers import aoexpgrad
+        >>> loss = lambda w: jnp.sum((w - jnp.array([1.0, 0.05])) ** 2)
+        >>> opt = aoexpgrad(l1=0.2, l2=0.0, lower=-2.0, upper=2.0)
+        >>> w = jnp.array([0.5, 0.5])
+        >>> state = opt.init(w)
+        >>> for _ in range(300):
+        ...     updates, state = opt.update(jax.grad(loss)(w), state, w)
+        ...     w = optax.apply_updates(w, updates)
+        >>> state.x.round(3)  # the minimiser is (0.9, 0): l1 zeroes the small target exactly
+        Array([0.9, 0. ], dtype=float32)
+        >>> bool(jnp.abs(w - jnp.array([0.9, 0.0])).max() < 1e-3)  # y averages the x's
+        True
+    """
+    l1, l2, eta = _check_real("l1", l1), _check_real("l2", l2), _check_real("eta", eta)
+    check_positive("l1", l1, allow_zero=True)
+    check_positive("l2", l2, allow_zero=True)
+    check_positive("eta", eta)
+    _check_bounds(lower, upper)
+    for name, value in (("l1", l1), ("l2", l2), ("eta", eta)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+
+    def init_fn(params: optax.Params) -> AoExpGradState:
+        params = jax.tree.map(jnp.asarray, params)
+        return AoExpGradState(
+            count=jnp.zeros([], jnp.int32),
+            x=params,
+            y=params,
+            h=jax.tree.map(jnp.zeros_like, params),
+            lam=jax.tree.map(lambda p: jnp.zeros([], jnp.asarray(p).dtype), params),
+        )
+
+    def leaf_step(count: Array, g: Array, x: Array, y: Array, h: Array, lam: Array):
+        if x.size == 0:
+            return x, y, lam
+        dtype = x.dtype
+        g = g.astype(dtype)
+        t = count.astype(dtype)
+        big_b = t * (t + 1.0) / 2.0  # MAX accumulates B += t from B = 0: the same exact sum
+        d = x.size
+        b0 = 1.0 / d
+        lam = lam + (t * jnp.max(jnp.abs(g - h))) ** 2
+        alpha = eta * jnp.sqrt(lam) / math.sqrt(math.log(d + 1))
+        # MAX adds 1e-6 only when alpha is exactly 0 (a zero first gradient)
+        alpha = jnp.where(alpha == 0.0, jnp.asarray(1e-6, dtype), alpha)
+        z = jnp.sign(x) * jnp.log1p(jnp.abs(x) / b0) - (t * g - t * h + (t + 1.0) * g) / alpha
+        if l2 == 0.0:
+            v = b0 * jnp.exp(jnp.maximum(jnp.abs(z) - l1 * (t + 1.0) / alpha, 0.0)) - b0
+        else:
+            bb = l2 * (t + 1.0) / alpha
+            c = jnp.minimum(l1 * (t + 1.0) / alpha - jnp.abs(z), 0.0)
+            abc = -c + jnp.log(b0 * bb) + b0 * bb
+            # v >= 0 in exact arithmetic (W is increasing and W(e^(log(ab)+ab)) = ab): keep
+            # round-off from flipping the sign, and make the thresholded entries exact zeros
+            v = jnp.where(c < 0.0, jnp.maximum(_lambertw_exp(abc) / bb - b0, 0.0), 0.0)
+        # where, not sign(z) * v: thresholded entries are +0, not -0
+        x = _clip(jnp.where(v > 0.0, jnp.sign(z) * v, 0.0), lower, upper)
+        y = (t / big_b) * x + ((big_b - t) / big_b) * y
+        return x, y, lam
+
+    def update_fn(
+        updates: optax.Updates, state: AoExpGradState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, AoExpGradState]:
+        count = optax.safe_int32_increment(state.count)
+        treedef = jax.tree.structure(state.x)
+        leaves = [
+            treedef.flatten_up_to(tree) for tree in (updates, state.x, state.y, state.h, state.lam)
+        ]
+        out = [leaf_step(count, *args) for args in zip(*leaves, strict=True)]
+        new_x = treedef.unflatten([o[0] for o in out])
+        new_y = treedef.unflatten([o[1] for o in out])
+        new_lam = treedef.unflatten([o[2] for o in out])
+        new_h = jax.tree.map(lambda g, p: g.astype(jnp.asarray(p).dtype), updates, state.x)
+        start = state.y if params is None else params
+        new_updates = jax.tree.map(lambda n, p: (n - p).astype(jnp.asarray(p).dtype), new_y, start)
+        return new_updates, AoExpGradState(count, new_x, new_y, new_h, new_lam)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# FISTA with elastic-net shrinkage (alibi's CEM).
+
+
+class ElasticNetFistaState(NamedTuple):
+    """State of `elastic_net_fista`; `adv` and `orig` have the params' tree structure."""
+
+    count: Int[Array, ""]  # steps taken, k (from 0); the learning-rate schedule's argument
+    adv: optax.Params  # last shrunk iterate (alibi's `adv`, the explanation)
+    orig: optax.Params  # centre of the L1 term: the params seen by `init` (alibi's `orig`)
+
+
+def elastic_net_fista(
+    learning_rate: float | optax.Schedule = 1e-2,
+    beta: float = 0.1,
+    *,
+    lower: float | ArrayLike | None = None,
+    upper: float | ArrayLike | None = None,
+) -> optax.GradientTransformation:
+    """FISTA with shrinkage towards the starting point, the optimiser of alibi's CEM.
+
+    A proximal-gradient method for `loss(adv) + (beta / lr) * ||adv - orig||_1` over the box
+    `[lower, upper]`, `orig` being the params given to `init`: as in alibi (and the CEM paper's
+    `S_beta`), the shrinkage threshold is `beta` itself, not `lr * beta`, so with a constant
+    learning rate the fixed points minimise that objective, and with alibi's decaying learning
+    rate the effective L1 weight grows as the rate decays. With `y` the current params (alibi's
+    `adv_s`), `g` the gradient of `loss` at `y` and `k` the number of steps taken before this
+    one (0 at the first), one `update` does:
+
+        z = y - lr(k) * g
+        adv_new = orig               where |z - orig| <= beta
+                  z - beta           where z - orig > beta
+                  z + beta           where z - orig < -beta,  then clipped to [lower, upper]
+        y_new = adv_new + (k + 1) / (k + 4) * (adv_new - adv)
+
+    and returns `updates = y_new - params`; `state.adv` holds `adv_new`, the iterate to report.
+    The momentum coefficient is alibi's: its `global_step` is incremented by the gradient step
+    before the momentum reads it, so the first step uses 1/4 (FISTA's `k / (k + 3)` with `k`
+    counted from 1), while the learning rate is read before the increment. alibi's
+    `lr0 * (1 - k / max_iter) ** 0.5` is
+    `optax.polynomial_schedule(lr0, 0.0, power=0.5, transition_steps=max_iter)`.
+
+    Included: the gradient step, the element-wise shrinkage, the box and the momentum, as in
+    `CEM.attack`. Not included: alibi's projection of `adv` and `y` for the pertinent positive /
+    negative modes (keeping `|x - no_info|` below / above `|orig - no_info|`), which is specific
+    to CEM's objective; its clipping of gradients to `(-100, 100)` (chain `optax.clip(100.0)`
+    before this); and the L2 and attack terms of CEM's loss, which belong in `loss`. alibi
+    clips a shrunk entry only on the side it moved to (`min(z - beta, upper)`,
+    `max(z + beta, lower)`) and leaves `y_new` unclipped; the full clip here is the same when
+    `orig` is inside the box, and `y_new` is not clipped either.
+
+    Args:
+        learning_rate: step size, a float > 0 or an `optax.Schedule` of the step count `k`.
+        beta: L1 weight (the shrinkage threshold), > 0.
+        lower: lower bound on `adv`: None, a scalar or an array broadcastable to every leaf.
+        upper: upper bound, as `lower`.
+
+    Returns:
+        An `optax.GradientTransformation` with state `ElasticNetFistaState`. `update(grads,
+        state, params)` needs `params`, the point the gradient was taken at.
+
+    Raises:
+        ValueError: `beta <= 0`, a float `learning_rate <= 0`, NaN bounds or `lower > upper`;
+            at `update`, `params=None`.
+        TypeError: non-real hyper-parameters.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from xai_jax.optimizers import elastic_net_fista
+        >>> loss = lambda w: jnp.sum((w - jnp.array([1.0, 0.05])) ** 2)
+        >>> opt = elastic_net_fista(0.1, beta=0.02, lower=0.0, upper=2.0)
+        >>> w = jnp.zeros(2)
+        >>> state = opt.init(w)
+        >>> for _ in range(100):
+        ...     updates, state = opt.update(jax.grad(loss)(w), state, w)
+        ...     w = optax.apply_updates(w, updates)
+        >>> state.adv.round(2)  # argmin of loss + (0.02 / 0.1) ||w||_1 is (0.9, 0)
+        Array([0.9, 0. ], dtype=float32)
+    """
+    if callable(learning_rate):
+        schedule: Callable = learning_rate
+    else:
+        lr = _check_real("learning_rate", learning_rate)
+        check_positive("learning_rate", lr)
+        schedule = lambda count: lr
+    beta = _check_real("beta", beta)
+    check_positive("beta", beta)
+    if not math.isfinite(beta):
+        raise ValueError(f"beta must be finite, got {beta}")
+    _check_bounds(lower, upper)
+
+    def init_fn(params: optax.Params) -> ElasticNetFistaState:
+        params = jax.tree.map(jnp.asarray, params)
+        return ElasticNetFistaState(count=jnp.zeros([], jnp.int32), adv=params, orig=params)
+
+    def leaf_step(lr, k, g: Array, y: Array, adv: Array, orig: Array):
+        dtype = jnp.asarray(y).dtype
+        lr = jnp.asarray(lr).astype(dtype)
+        z = y - lr * g.astype(dtype)
+        diff = z - orig
+        shrunk = jnp.where(diff > beta, z - beta, jnp.where(diff < -beta, z + beta, orig))
+        adv_new = _clip(shrunk, lower, upper)
+        k = k.astype(dtype)
+        y_new = adv_new + ((k + 1.0) / (k + 4.0)) * (adv_new - adv)
+        return (y_new - y).astype(dtype), adv_new
+
+    def update_fn(
+        updates: optax.Updates, state: ElasticNetFistaState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, ElasticNetFistaState]:
+        if params is None:
+            raise ValueError(
+                "elastic_net_fista needs params in update(grads, state, params): the gradient "
+                "step starts from them"
+            )
+        lr = schedule(state.count)
+        treedef = jax.tree.structure(state.adv)
+        leaves = [treedef.flatten_up_to(tree) for tree in (updates, params, state.adv, state.orig)]
+        out = [leaf_step(lr, state.count, *args) for args in zip(*leaves, strict=True)]
+        new_updates = treedef.unflatten([o[0] for o in out])
+        new_adv = treedef.unflatten([o[1] for o in out])
+        count = optax.safe_int32_increment(state.count)
+        return new_updates, ElasticNetFistaState(count, new_adv, state.orig)
+
+    return optax.GradientTransformation(init_fn, update_fn)

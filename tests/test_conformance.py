@@ -14,11 +14,16 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import xai_jax
 from xai_jax import (
+    aoexpgrad,
     bernoulli_perturbation,
+    cem_loss,
+    contrastive_explanation,
+    elastic_net_fista,
     expected_gradients,
     exponential_kernel,
     gaussian_perturbation,
@@ -69,6 +74,15 @@ def _head(h):
 
 def _two_inputs(t, scale):  # pytree input and a per-example keyword argument
     return jnp.tanh(t["a"] @ _W[:4] + t["b"].sum(1)) * scale
+
+
+def _optimise(optimizer, x, steps=5):  # a few steps on a quadratic: the iterates
+    target = jnp.linspace(-1.0, 1.0, x.shape[0], dtype=x.dtype)
+    state = optimizer.init(x)
+    for _ in range(steps):
+        updates, state = optimizer.update(2 * (x - target), state, x)
+        x = optax.apply_updates(x, updates)
+    return x
 
 
 _X = _normal(5, 4)
@@ -172,6 +186,23 @@ CASES = [
     Case("kernel_shap", kernel_shap,
          lambda k, x, bg: kernel_shap(k, _mlp, x, bg, num_samples=32, target=_T, batch_size=2),
          (_normal(3, 6), _normal(4, 6)), random=True),
+    Case("aoexpgrad", aoexpgrad,
+         lambda k, x: _optimise(aoexpgrad(0.1, 0.5, lower=-2.0, upper=2.0), x), (_normal(6),)),
+    Case("elastic_net_fista", elastic_net_fista,
+         lambda k, x: _optimise(elastic_net_fista(0.05, 0.01), x), (_normal(6),)),
+    Case("cem_loss", cem_loss,
+         lambda k, x, d: cem_loss("PP", _mlp, x, c=2.0, kappa=0.1)(d), (_normal(6), _normal(6))),
+    Case("contrastive_explanation", contrastive_explanation,
+         lambda k, x: contrastive_explanation(k, lambda v: jnp.sum((v - x) ** 2), jnp.zeros(6),
+                                              optimizer=optax.sgd(0.05), num_iter=12,
+                                              save_freq=5, upper=0.5),
+         (_normal(6),)),
+    Case("contrastive_explanation[urv, cem]", contrastive_explanation,
+         lambda k, x: contrastive_explanation(k, cem_loss("PN", _mlp, x), jnp.zeros(6),
+                                              optimizer=optax.sgd(0.05), gradient="urv",
+                                              num_iter=6, save_freq=3, lower=-1.0, upper=1.0,
+                                              gradient_kwargs={"num_samples": 8})[0],
+         (_normal(6),), random=True, grad_arg=None),
     Case("weighted_ridge[2-D y, alpha=0]", weighted_ridge,
          lambda k, X, y: weighted_ridge(X, y, alpha=0.0), (_normal(20, 3), _normal(20, 2))),
 ]  # fmt: skip

@@ -4,6 +4,7 @@ Every numerical piece is a pure function that can be `jit`-ted, `vmap`-ped and d
 inside your own code; random functions take an explicit PRNG `key` first.
 """
 
+from xai_jax.contrastive import ContrastiveResult, cem_loss, contrastive_explanation
 from xai_jax.distances import pairwise_distances
 from xai_jax.estimators import numerical_gradient, urv_gradient
 from xai_jax.integrated_gradients import (
@@ -16,6 +17,7 @@ from xai_jax.integrated_gradients import (
 )
 from xai_jax.kernels import exponential_kernel, shapley_kernel
 from xai_jax.lime import LimeResult, kernel_shap, lime
+from xai_jax.optimizers import aoexpgrad, elastic_net_fista
 from xai_jax.perturbations import bernoulli_perturbation, gaussian_perturbation
 from xai_jax.quadrature import quadrature
 from xai_jax.surrogates import RidgeFit, weighted_ridge
@@ -24,12 +26,17 @@ from xai_jax.wrappers import Explanation, IntegratedGradients, LimeBase
 __version__ = "0.1.0"
 
 __all__ = [
+    "ContrastiveResult",
     "Explanation",
     "IntegratedGradients",
     "LimeBase",
     "LimeResult",
     "RidgeFit",
+    "aoexpgrad",
     "bernoulli_perturbation",
+    "cem_loss",
+    "contrastive_explanation",
+    "elastic_net_fista",
     "expected_gradients",
     "exponential_kernel",
     "gaussian_perturbation",

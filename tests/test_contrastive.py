@@ -1,0 +1,110 @@
+"""cem_loss and contrastive_explanation: CEM outcomes on a linear softmax classifier, the
+gradient sources against each other, the saved history, and errors. jit/vmap/determinism are in
+test_conformance.py."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from xai_jax import cem_loss, contrastive_explanation
+
+_rng = np.random.default_rng(0)
+W = jnp.asarray(_rng.standard_normal((6, 3)), jnp.float32)
+B = jnp.asarray([0.3, -0.2, 0.0], jnp.float32)
+X = [jnp.asarray(_rng.uniform(0.2, 0.8, 6), jnp.float32) for _ in range(3)]
+KEY = jax.random.key(0)
+
+
+def predict(z):  # linear softmax classifier on [0, 1] features
+    return jax.nn.softmax(4.0 * (z @ W + B[None]))
+
+
+def _run(mode, x, gradient="autodiff", **kwargs):
+    loss = cem_loss(mode, predict, x, c=10.0, kappa=0.2)
+    lower, upper = (0.0, 1.0 - x) if mode == "PN" else (0.0, x)
+    options = dict(optimizer=optax.sgd(0.05), num_iter=300, save_freq=100, lower=lower,
+                   upper=upper, gradient=gradient) | kwargs  # fmt: skip
+    return loss, contrastive_explanation(KEY, loss, jnp.zeros(6), **options)
+
+
+@pytest.mark.parametrize("i", range(3))
+def test_pertinent_negative_changes_the_class(i):
+    loss, res = _run("PN", X[i])
+    assert bool(res.found)
+    t = int(jnp.argmax(predict(X[i][None])[0]))
+    assert int(jnp.argmax(predict((X[i] + res.explanation)[None])[0])) != t
+    assert np.all(np.asarray(res.explanation) >= 0)
+    assert np.all(np.asarray(res.explanation) <= np.asarray(1 - X[i]) + 1e-6)
+    assert float(res.best_loss) == pytest.approx(float(loss(res.explanation)), rel=1e-5)
+
+
+@pytest.mark.parametrize("i", range(3))
+def test_pertinent_positive_keeps_the_class(i):
+    _, res = _run("PP", X[i])
+    assert bool(res.found)
+    t = int(jnp.argmax(predict(X[i][None])[0]))
+    assert int(jnp.argmax(predict(res.explanation[None])[0])) == t
+    assert np.all(np.asarray(res.explanation) <= np.asarray(X[i]) + 1e-6)
+
+
+@pytest.mark.parametrize("gradient", ["urv", "numerical"])
+def test_black_box_gradients_reach_what_autodiff_reaches(gradient):
+    kwargs = {"gradient_kwargs": {"num_samples": 64}} if gradient == "urv" else {}
+    _, exact = _run("PN", X[0])
+    _, approx = _run("PN", X[0], gradient=gradient, **kwargs)
+    assert bool(approx.found) and bool(exact.found)
+    assert float(approx.best_loss) == pytest.approx(float(exact.best_loss), abs=0.5)
+
+
+def test_numpy_classifier_through_pure_callback():
+    Wn, Bn = np.asarray(W), np.asarray(B)
+
+    def numpy_predict(z):
+        s = 4.0 * (np.asarray(z) @ Wn + Bn)
+        e = np.exp(s - s.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    loss = cem_loss("PN", numpy_predict, X[0], c=10.0, kappa=0.2)
+    ref = cem_loss("PN", predict, X[0], c=10.0, kappa=0.2)
+    d = jnp.full(6, 0.1)
+    assert float(loss(d)) == pytest.approx(float(ref(d)), rel=1e-5)
+    res = contrastive_explanation(KEY, loss, jnp.zeros(6), optimizer=optax.sgd(0.05),
+                                  gradient="numerical", num_iter=50, save_freq=25,
+                                  lower=0.0, upper=1 - X[0])  # fmt: skip
+    assert res.history.shape == (2, 6)
+
+
+def test_history_losses_and_autoencoder_term():
+    ae = lambda z: 0.5 * z  # a (bad) autoencoder: the term is |z/2|^2 * gamma
+    loss = cem_loss("PP", predict, X[0], gamma=2.0, autoencoder=ae)
+    plain = cem_loss("PP", predict, X[0], gamma=2.0)
+    d = jnp.full(6, 0.4)
+    assert float(loss(d) - plain(d)) == pytest.approx(2.0 * float(jnp.sum((0.5 * d) ** 2)))
+    res = contrastive_explanation(KEY, loss, jnp.zeros(6), optimizer=optax.sgd(0.01),
+                                  num_iter=25, save_freq=10)  # fmt: skip
+    assert res.history.shape == (2, 6) and res.losses.shape == (25,)
+    # the saved iterates are those after steps 10 and 20
+    again = contrastive_explanation(KEY, loss, jnp.zeros(6), optimizer=optax.sgd(0.01),
+                                    num_iter=10, save_freq=10)  # fmt: skip
+    np.testing.assert_allclose(res.history[0], again.history[0], rtol=1e-6)
+
+
+BAD = [
+    (lambda: cem_loss("PX", predict, X[0]), ValueError, "mode='PX' is not one of"),
+    (lambda: cem_loss("PN", predict, X[0], c=-1.0), ValueError, "c must be >= 0"),
+    (lambda: cem_loss("PN", lambda z: z.sum(1), X[0]), ValueError, "classifier"),
+    (lambda: contrastive_explanation(KEY, jnp.sum, X[0], optimizer=optax.sgd(0.1), gradient="adjoint"), ValueError, "gradient='adjoint' is not one of"),
+    (lambda: contrastive_explanation(KEY, jnp.sum, X[0], optimizer=optax.sgd(0.1), num_iter=10, save_freq=20), ValueError, "save_freq=20 exceeds num_iter=10"),
+    (lambda: contrastive_explanation(KEY, jnp.sum, X[0], optimizer=optax.sgd(0.1), num_iter=0), ValueError, "num_iter must be >= 1"),
+    (lambda: contrastive_explanation(KEY, jnp.sum, X[0], optimizer=optax.sgd(0.1), lower=jnp.zeros(3)), ValueError, "lower must be a scalar or of x0's shape"),
+    (lambda: contrastive_explanation(KEY, jnp.sum, X[0], optimizer=optax.sgd(0.1), lower=1.0, upper=0.0), ValueError, "lower must not exceed upper"),
+    (lambda: contrastive_explanation(0, jnp.sum, X[0], optimizer=optax.sgd(0.1)), TypeError, "key must be a PRNG key"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("call", "error", "match"), BAD, ids=[m for _, _, m in BAD])
+def test_bad_input_raises_a_clear_error(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from xai_jax import cem_loss, contrastive_explanation
+from xai_jax import ExplanationGenerator, cem_loss, contrastive_explanation
 
 _rng = np.random.default_rng(0)
 W = jnp.asarray(_rng.standard_normal((6, 3)), jnp.float32)
@@ -108,3 +108,63 @@ BAD = [
 def test_bad_input_raises_a_clear_error(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# --------------------------------------------------------------------------------------------
+# ExplanationGenerator (seed 003's interface) and sparsity through aoexpgrad
+
+
+def test_explanation_generator_with_the_seed_configuration(capsys):
+    cem = ExplanationGenerator(
+        loss="cem",
+        optimizer="aoexpgrad",
+        gradient="urv",
+        loss_kwargs={"mode": "PP", "c": 100, "gamma": 300, "K": 30, "AE": lambda z: z},
+        optimizer_kwargs={"l1": 0.1, "l2": 30, "eta": 1.0},
+        gradient_kwargs={"mu": None, "num_iter": 150},
+        num_iter=60,
+        save_freq=20,
+    )
+    saved, meta = cem.run(X[0], KEY, inference_call=predict, progress=True)
+    assert sorted(saved) == [20, 40, 60] and saved[60].shape == (6,)
+    assert meta["losses"].shape == (60,)
+    assert np.all(np.asarray(saved[60]) >= 0) and np.all(np.asarray(saved[60]) <= X[0] + 1e-6)
+    assert "60/60" in capsys.readouterr().err  # the tqdm bar ran to the end
+    again, _ = cem.run(X[0], KEY, inference_call=predict)
+    np.testing.assert_array_equal(np.asarray(again[60]), np.asarray(saved[60]))  # same key
+
+
+def test_aoexpgrad_l1_makes_pertinent_negatives_sparse():
+    def nonzeros(l1: float) -> int:
+        cem = ExplanationGenerator("cem", "aoexpgrad", "autodiff",
+                                   loss_kwargs={"mode": "PN", "c": 10.0, "K": 0.2},
+                                   optimizer_kwargs={"l1": l1, "l2": 0.0, "eta": 1.0},
+                                   num_iter=400, save_freq=200)  # fmt: skip
+        _, meta = cem.run(X[1], KEY, inference_call=predict)
+        assert meta["found"]
+        t = int(jnp.argmax(predict(X[1][None])[0]))
+        assert int(jnp.argmax(predict((X[1] + meta["explanation"])[None])[0])) != t
+        # aoexpgrad returns its averaged iterate y: entries the sparse x left decay towards 0
+        return int(np.sum(np.abs(np.asarray(meta["explanation"])) > 0.05))
+
+    assert nonzeros(3.0) < nonzeros(0.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"loss": "lime"}, ValueError, "loss='lime' is not one of"),
+        ({"optimizer": "adamw"}, ValueError, "optimizer='adamw' is not one of"),
+        ({"gradient": "spsa"}, ValueError, "gradient='spsa' is not one of"),
+        ({"loss": 3}, TypeError, "loss must be a name or a callable"),
+        ({"num_iter": 0}, ValueError, "num_iter must be >= 1"),
+    ],
+)
+def test_explanation_generator_bad_configuration(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ExplanationGenerator(**kwargs)
+
+
+def test_explanation_generator_needs_a_classifier():
+    with pytest.raises(ValueError, match="no classifier"):
+        ExplanationGenerator(loss_kwargs={"mode": "PN"}).run(X[0])

@@ -21,13 +21,14 @@ from xai_jax.optimizers import aoexpgrad, elastic_net_fista
 from xai_jax.perturbations import bernoulli_perturbation, gaussian_perturbation
 from xai_jax.quadrature import quadrature
 from xai_jax.surrogates import RidgeFit, weighted_ridge
-from xai_jax.wrappers import Explanation, IntegratedGradients, LimeBase
+from xai_jax.wrappers import Explanation, ExplanationGenerator, IntegratedGradients, LimeBase
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ContrastiveResult",
     "Explanation",
+    "ExplanationGenerator",
     "IntegratedGradients",
     "LimeBase",
     "LimeResult",

@@ -163,6 +163,7 @@ def contrastive_explanation(
     lower: Float[ArrayLike, "*features"] | float | None = None,
     upper: Float[ArrayLike, "*features"] | float | None = None,
     gradient_kwargs: dict | None = None,
+    callback: Callable[[int], Any] | None = None,
 ) -> ContrastiveResult:
     """Minimise `loss_fn` from `x0` with `optimizer`, as seed 003's `ExplanationGenerator`.
 
@@ -185,6 +186,8 @@ def contrastive_explanation(
         upper: upper bound; None: unbounded.
         gradient_kwargs: passed to the gradient estimator (`num_samples`, `mu`, `batch_size`
             for URV; `eps` for finite differences).
+        callback: called on the host with the number of steps done after every `save_freq`
+            steps (`jax.debug.callback`; a progress bar, say).
 
     Returns:
         `ContrastiveResult`.
@@ -231,7 +234,7 @@ def contrastive_explanation(
 
     x0c = jnp.clip(x0, lower, upper)
     init = (x0c, optimizer.init(x0c), x0c, jnp.asarray(jnp.inf, x0.dtype))
-    (y, _, best, best_loss), (losses, iterates) = _scan(step, init, num_iter, save_freq)
+    (y, _, best, best_loss), (losses, iterates) = _scan(step, init, num_iter, save_freq, callback)
     found = jnp.isfinite(best_loss)
     explanation = jnp.where(found, best, y) if valid_fn is not None else y
     if valid_fn is None:
@@ -239,7 +242,7 @@ def contrastive_explanation(
     return ContrastiveResult(explanation, best_loss, found, iterates, losses)
 
 
-def _scan(step, init, num_iter: int, save_freq: int):
+def _scan(step, init, num_iter: int, save_freq: int, callback=None):
     """`lax.scan` over `num_iter` steps keeping every `save_freq`-th iterate (two nested scans:
     the outer one stores `num_iter // save_freq` iterates, never all of them)."""
     blocks, rest = divmod(num_iter, save_freq)
@@ -248,6 +251,8 @@ def _scan(step, init, num_iter: int, save_freq: int):
         carry, losses = jax.lax.scan(
             lambda c, i: step(c, b * save_freq + i), carry, jnp.arange(save_freq)
         )
+        if callback is not None:
+            jax.debug.callback(lambda done: callback(int(done)), (b + 1) * save_freq)
         return carry, (losses, carry[0])
 
     carry, (losses, saved) = jax.lax.scan(block, init, jnp.arange(blocks))

@@ -1,11 +1,13 @@
 """Stateful wrappers with the reference libraries' signatures, over the pure functions.
 
 `IntegratedGradients` is alibi's explainer (seed 001); `Explanation` is alibi's container;
-`LimeBase` is explainax's LIME explainer (seed 004).
+`LimeBase` is explainax's LIME explainer (seed 004); `ExplanationGenerator` the MAX library's
+CEM generator (seed 003).
 """
 
 import json
 import math
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -14,16 +16,19 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from jax.tree_util import Partial
 
 import xai_jax
 from xai_jax import haiku as xai_haiku
 from xai_jax._blackbox import call
 from xai_jax._checks import as_float_array, check_choice, check_positive, check_positive_int
+from xai_jax.contrastive import GRADIENTS, MODES, cem_loss, contrastive_explanation
 from xai_jax.distances import METRICS
 from xai_jax.integrated_gradients import integrated_gradients, layer_integrated_gradients
 from xai_jax.kernels import exponential_kernel
 from xai_jax.lime import GaussianNeighbourhood, local_surrogates
+from xai_jax.optimizers import aoexpgrad, elastic_net_fista
 from xai_jax.quadrature import METHODS
 
 
@@ -403,3 +408,127 @@ class LimeBase:
         )
         coefs = result.coef[:, 0] if result.coef.shape[1] == 1 else result.coef
         return coefs, result.local_pred
+
+
+# seed 003's keyword spellings -> ours
+_LOSS_KEYWORDS = {"K": "kappa", "AE": "autoencoder", "inference": "predict_fn"}
+_GRADIENT_KEYWORDS = {"num_iter": "num_samples"}
+_OPTIMIZERS = {"aoexpgrad": aoexpgrad, "elastic_net_fista": elastic_net_fista}
+_LOSSES = {"cem": cem_loss}
+
+
+class ExplanationGenerator:
+    """The MAX library's `ExplanationGenerator` (seed 003) on `contrastive_explanation`.
+
+    `loss`, `optimizer` and `gradient` are names or our functions: `loss` `"cem"` (or
+    `cem_loss`, or any `(**loss_kwargs) -> loss(delta)` builder taking `predict_fn` and `x`);
+    `optimizer` `"aoexpgrad"` / `"elastic_net_fista"` (or either function, or any
+    `(**optimizer_kwargs) -> optax.GradientTransformation`); `gradient` `"autodiff"`, `"urv"`
+    or `"numerical"`. The kwargs take the seed's spellings: `mode`, `c`, `gamma`, `K`, `AE`
+    (and the classifier as `inference` or `predict_fn`, or pass it to `run`); `l1`, `l2`, `eta`
+    (and `lower`/`upper`); `mu`, `num_iter` (URV directions). As in the MAX library the search
+    starts at zeros inside the default box, PP in `[0, x]` and PN in `[0, 1 - x]` (inputs in
+    [0, 1]); `lower`/`upper` in `optimizer_kwargs` replace it.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from xai_jax import ExplanationGenerator
+        >>> w = jnp.array([[1.0, -1.0], [2.0, -2.0], [-1.0, 1.0]])
+        >>> cem = ExplanationGenerator("cem", "aoexpgrad", "autodiff",
+        ...     loss_kwargs={"mode": "PN", "c": 10.0, "K": 0.1},
+        ...     optimizer_kwargs={"l1": 0.01, "l2": 0.01, "eta": 1.0}, num_iter=300, save_freq=100)
+        >>> saved, meta = cem.run(jnp.array([0.2, 0.1, 0.5]), jax.random.key(0),
+        ...                       inference_call=lambda z: jax.nn.softmax(z @ w))
+        >>> sorted(saved), meta["found"]
+        ([100, 200, 300], True)
+    """
+
+    def __init__(
+        self,
+        loss: str | Callable = "cem",
+        optimizer: str | Callable = "aoexpgrad",
+        gradient: str = "autodiff",
+        loss_kwargs: Mapping[str, Any] | None = None,
+        optimizer_kwargs: Mapping[str, Any] | None = None,
+        gradient_kwargs: Mapping[str, Any] | None = None,
+        num_iter: int = 1500,
+        save_freq: int = 500,
+    ):
+        if isinstance(loss, str):
+            loss = _LOSSES[check_choice("loss", loss, tuple(_LOSSES))]
+        if isinstance(optimizer, str):
+            optimizer = _OPTIMIZERS[check_choice("optimizer", optimizer, tuple(_OPTIMIZERS))]
+        for name, value in (("loss", loss), ("optimizer", optimizer)):
+            if not callable(value):
+                raise TypeError(f"{name} must be a name or a callable, got {value!r}")
+        self.gradient = check_choice("gradient", gradient, GRADIENTS)
+        self.loss = loss
+        self.optimizer = optimizer
+        self.loss_kwargs = _renamed(loss_kwargs, _LOSS_KEYWORDS)
+        self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        self.gradient_kwargs = _renamed(gradient_kwargs, _GRADIENT_KEYWORDS)
+        if self.gradient_kwargs.get("mu", 0.0) is None:
+            del self.gradient_kwargs["mu"]  # the seed's None: the step-dependent default
+        self.num_iter = check_positive_int("num_iter", num_iter)
+        self.save_freq = check_positive_int("save_freq", save_freq)
+
+    def run(self, image, key=None, inference_call: Callable | None = None, progress=None):
+        """Explain one input.
+
+        Args:
+            image: the instance (any shape, no batch axis).
+            key: PRNG key for the URV gradient; None for `jax.random.key(0)`.
+            inference_call: the batched classifier, unless `loss_kwargs` has it.
+            progress: show a tqdm bar; None shows one for runs of 1000+ steps on a terminal.
+
+        Returns:
+            `(saved, meta)`: `{step: iterate}` every `save_freq` steps (the MAX library's
+            ordered dict) and `meta` with `explanation` (the best valid iterate), `found`,
+            `best_loss` and `losses`.
+        """
+        x = as_float_array("image", image)
+        loss_kwargs = dict(self.loss_kwargs)
+        if inference_call is not None:
+            loss_kwargs["predict_fn"] = inference_call
+        if "predict_fn" not in loss_kwargs:
+            raise ValueError("no classifier: pass inference_call or loss_kwargs['inference']")
+        loss_fn = self.loss(x=x, **loss_kwargs)
+        opt_kwargs = dict(self.optimizer_kwargs)
+        lower, upper = opt_kwargs.pop("lower", None), opt_kwargs.pop("upper", None)
+        mode = loss_kwargs.get("mode")
+        if lower is None and upper is None and mode in MODES:
+            lower, upper = 0.0, (x if mode == "PP" else 1.0 - x)
+        bounds = {"lower": lower, "upper": upper}
+        optimizer = self.optimizer(**opt_kwargs, **bounds)
+        if progress is None:
+            progress = self.num_iter >= 1000 and sys.stderr.isatty()
+        bar = tqdm.tqdm(total=self.num_iter, disable=not progress)
+
+        def advance(done: int):
+            bar.update(done - bar.n)
+
+        result = contrastive_explanation(
+            jax.random.key(0) if key is None else key,
+            loss_fn,
+            jnp.zeros_like(x),
+            optimizer=optimizer,
+            gradient=self.gradient,
+            num_iter=self.num_iter,
+            save_freq=self.save_freq,
+            gradient_kwargs=self.gradient_kwargs,
+            callback=advance if progress else None,
+            **bounds,
+        )
+        bar.close()
+        saved = {(i + 1) * self.save_freq: it for i, it in enumerate(result.history)}
+        meta = {
+            "explanation": result.explanation,
+            "found": bool(result.found),
+            "best_loss": float(result.best_loss),
+            "losses": result.losses,
+        }
+        return saved, meta
+
+
+def _renamed(kwargs: Mapping[str, Any] | None, names: Mapping[str, str]) -> dict:
+    return {names.get(k, k): v for k, v in (kwargs or {}).items()}

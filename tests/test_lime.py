@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression, Ridge
 
@@ -65,6 +65,7 @@ def test_surrogate_matches_lime(x64, lime_fixture, case, mode, k):
     c=st.floats(-5, 5),
     seed=st.integers(0, 2**31 - 1),
 )
+@example(w=[0.0, 0.0, 0.0, 0.0], c=3.0, seed=0)
 def test_lime_recovers_a_linear_model(w, c, seed):
     w = jnp.asarray(w, jnp.float32)
     x = jax.random.normal(jax.random.key(seed), (3, 4))
@@ -73,7 +74,8 @@ def test_lime_recovers_a_linear_model(w, c, seed):
     np.testing.assert_allclose(res.coef, jnp.broadcast_to(w, (3, 4)), rtol=5e-3, atol=5e-3)
     np.testing.assert_allclose(res.intercept, jnp.full(3, c), rtol=5e-3, atol=2e-2)
     np.testing.assert_allclose(res.local_pred, x @ w + c, rtol=1e-3, atol=1e-2)
-    assert np.all(np.asarray(res.score) > 0.999)
+    if float(jnp.max(jnp.abs(w))) > 1e-3:  # R^2 of a constant model is 1 or 0 by round-off
+        assert np.all(np.asarray(res.score) > 0.999)
 
 
 def test_lime_coefficients_are_per_scale_unit_around_the_mean():

@@ -27,6 +27,7 @@ BENCHMARKS = {
     "layer_conductance": "benchmarks.bench_integrated_gradients:bench_layer_conductance",
     "lime": "benchmarks.bench_lime:bench_lime",
     "kernel_shap": "benchmarks.bench_lime:bench_kernel_shap",
+    "cem": "benchmarks.bench_cem:bench_cem",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 TARGET_LABELS = {"ratio_median": "{:g}x", "matmul_fraction": "{:.0%} of matmul"}

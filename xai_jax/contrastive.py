@@ -6,6 +6,7 @@ AoExpGrad is `xai_jax.optimizers.aoexpgrad`) in one `lax.scan`, with the gradien
 or, for black boxes, from `urv_gradient` or `numerical_gradient`.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -16,6 +17,7 @@ import optax
 from jax.typing import ArrayLike
 from jaxtyping import Float
 
+from xai_jax import _chunks
 from xai_jax._blackbox import as_model
 from xai_jax._checks import (
     as_float_array,
@@ -216,7 +218,18 @@ def contrastive_explanation(
         raise ValueError("lower must not exceed upper")
     lower = _bound("lower", lower, x0, -jnp.inf)
     upper = _bound("upper", upper, x0, jnp.inf)
-    grad_fn = _gradient(gradient, loss_fn, dict(gradient_kwargs or {}))
+    options = (gradient, tuple(sorted((gradient_kwargs or {}).items())), num_iter, save_freq)
+    # one compiled program per (loss, optimizer, options), reused by eager calls: the loss's
+    # arrays (a CEMLoss's instance, say) are arguments, not constants
+    static, arrays = _chunks.partition((loss_fn, optimizer, callback))
+    return _optimise(static, options, arrays, key, x0, lower, upper)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _optimise(static, options, arrays, key, x0, lower, upper) -> ContrastiveResult:
+    loss_fn, optimizer, callback = _chunks.combine(static, arrays)
+    gradient, gradient_kwargs, num_iter, save_freq = options
+    grad_fn = _gradient(gradient, loss_fn, dict(gradient_kwargs))
     valid_fn = getattr(loss_fn, "valid", None)
 
     def step(carry, t):

@@ -21,17 +21,18 @@ def predict(z):  # linear softmax classifier on [0, 1] features
     return jax.nn.softmax(4.0 * (z @ W + B[None]))
 
 
-def _run(mode, x, gradient="autodiff", **kwargs):
+def _run(mode, x, gradient="autodiff", start=0.0, **kwargs):
     loss = cem_loss(mode, predict, x, c=10.0, kappa=0.2)
     lower, upper = (0.0, 1.0 - x) if mode == "PN" else (0.0, x)
     options = dict(optimizer=optax.sgd(0.05), num_iter=300, save_freq=100, lower=lower,
                    upper=upper, gradient=gradient) | kwargs  # fmt: skip
-    return loss, contrastive_explanation(KEY, loss, jnp.zeros(6), **options)
+    x0 = start * upper  # a point of the box: its corner 0, or a fraction of the way up
+    return loss, contrastive_explanation(KEY, loss, x0, **options)
 
 
-@pytest.mark.parametrize("i", range(3))
-def test_pertinent_negative_changes_the_class(i):
-    loss, res = _run("PN", X[i])
+@pytest.mark.parametrize(("i", "start"), [(0, 0.0), (1, 0.0), (2, 0.0), (0, 0.5), (1, 0.9)])
+def test_pertinent_negative_changes_the_class(i, start):
+    loss, res = _run("PN", X[i], start=start)
     assert bool(res.found)
     t = int(jnp.argmax(predict(X[i][None])[0]))
     assert int(jnp.argmax(predict((X[i] + res.explanation)[None])[0])) != t
@@ -40,9 +41,9 @@ def test_pertinent_negative_changes_the_class(i):
     assert float(res.best_loss) == pytest.approx(float(loss(res.explanation)), rel=1e-5)
 
 
-@pytest.mark.parametrize("i", range(3))
-def test_pertinent_positive_keeps_the_class(i):
-    _, res = _run("PP", X[i])
+@pytest.mark.parametrize(("i", "start"), [(0, 0.0), (1, 0.0), (2, 0.0), (0, 0.5), (2, 1.0)])
+def test_pertinent_positive_keeps_the_class(i, start):
+    _, res = _run("PP", X[i], start=start)
     assert bool(res.found)
     t = int(jnp.argmax(predict(X[i][None])[0]))
     assert int(jnp.argmax(predict(res.explanation[None])[0])) == t

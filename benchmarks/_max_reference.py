@@ -3,6 +3,8 @@ the CEM loss, one input at a time. Used by the optimizer tests and the CEM bench
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.special import lambertw
 
@@ -69,17 +71,30 @@ class MaxAOExpGrad:
         self.y = (self.t / self.beta) * self.x + ((self.beta - self.t) / self.beta) * self.y
 
 
-def urv_loop(loss, data: np.ndarray, t: int, q: int, rng: np.random.RandomState, mu=None):
-    """seed 003's `URVGradientEstimator.__call__`: a Python loop over `q` directions."""
-    d = data.size
-    mu = 1.0 / np.sqrt(t) / np.sqrt(d) if mu is None else mu
-    f0 = loss(data)
-    g = np.zeros(data.shape)
-    for _ in range(q):
-        u = rng.normal(size=data.shape)
-        u = u / np.linalg.norm(u)
-        g += d / mu / q * (loss(data + mu * u) - f0) * u
-    return g
+class URVGradientEstimator:
+    """seed 003's `URVGradientEstimator` (a Python loop over `num_iter` directions, `t` counting
+    calls); `loss` is the callable behind `loss.get_loss`."""
+
+    def __init__(
+        self, loss: Callable, img_size: int, mu: float | None = None, num_iter=100, seed=None
+    ):
+        self.loss = loss
+        self.t, self.d, self.q = 0, img_size, num_iter
+        self.mu = mu
+        self.randomState = np.random.RandomState(seed)
+
+    def __call__(self, data: np.ndarray) -> np.ndarray:
+        self.t += 1.0
+        mu = 1.0 / np.sqrt(self.t) / np.sqrt(self.d) if self.mu is None else self.mu
+        tilde_f_x_r = self.loss(data)
+        g = np.zeros(data.shape)
+        for _ in range(self.q):
+            u = self.randomState.normal(size=data.shape)
+            u_norm = np.linalg.norm(u)
+            u = u / u_norm
+            tilde_f_x_l = self.loss(data + mu * u)
+            g += self.d / mu / self.q * (tilde_f_x_l - tilde_f_x_r) * u
+        return g
 
 
 def cem_pn_loss(predict, x0: np.ndarray, c: float, kappa: float):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import _mlp
-from benchmarks._max_reference import MaxAOExpGrad, cem_pn_loss, urv_loop
+from benchmarks._max_reference import MaxAOExpGrad, URVGradientEstimator, cem_pn_loss
 from benchmarks._timing import Context, record
 from xai_jax import aoexpgrad, cem_loss, contrastive_explanation
 
@@ -37,9 +37,8 @@ def bench_cem(ctx: Context) -> dict:
 
     def peer():
         loss = cem_pn_loss(peer_predict, x.astype(np.float64), C, KAPPA)
-        rng = np.random.RandomState(0)
-        opt = MaxAOExpGrad(None, np.zeros(x.size), 0.0, 1.0 - x, L1, L2, ETA)
-        opt.func_p = lambda y: urv_loop(loss, y, int(opt.t), DIRECTIONS, rng)
+        gradient = URVGradientEstimator(loss, x.size, num_iter=DIRECTIONS, seed=0)
+        opt = MaxAOExpGrad(gradient, np.zeros(x.size), 0.0, 1.0 - x, L1, L2, ETA)
         for _ in range(num_iter):
             y = opt.update()
         return loss(y)

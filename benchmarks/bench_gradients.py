@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from benchmarks import _mlp
+from benchmarks._max_reference import URVGradientEstimator
 from benchmarks._timing import Context, record
 from xai_jax import numerical_gradient, urv_gradient
 
@@ -52,29 +53,6 @@ def num_grad_batch(func: Callable, X: np.ndarray, args: tuple = (), eps: float =
     )
     grad = grad_numerator / (2 * eps)
     return grad.reshape(preds.shape + data_shape)
-
-
-class URVGradientEstimator:
-    """maxi's URVGradientEstimator; `loss` is the callable behind `loss.get_loss`."""
-
-    def __init__(self, loss: Callable, img_size: int, mu: float | None = None, num_iter=100):
-        self.loss = loss
-        self.t, self.d, self.q = 0, img_size, num_iter
-        self.mu = mu
-        self.randomState = np.random.RandomState()
-
-    def __call__(self, data: np.ndarray) -> np.ndarray:
-        self.t += 1.0
-        mu = 1.0 / np.sqrt(self.t) / np.sqrt(self.d) if self.mu is None else self.mu
-        tilde_f_x_r = self.loss(data)
-        g = np.zeros(data.shape)
-        for _ in range(self.q):
-            u = self.randomState.normal(size=data.shape)
-            u_norm = np.linalg.norm(u)
-            u = u / u_norm
-            tilde_f_x_l = self.loss(data + mu * u)
-            g += self.d / mu / self.q * (tilde_f_x_l - tilde_f_x_r) * u
-        return g
 
 
 # ---- benchmarks ---------------------------------------------------------------------------

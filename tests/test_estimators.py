@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks._max_reference import URVGradientEstimator
 from xai_jax import numerical_gradient, urv_gradient
 
 KEY = jax.random.key(0)
@@ -146,26 +147,13 @@ def _mlp_loss(rng, d):
     return lambda v: -jax.nn.log_softmax(jnp.tanh(v @ w1) @ w2)[2]
 
 
-def _seed_urv(loss, data, q, rs):
-    """Seed 003 (MAX library URVGradientEstimator.__call__, t = 1), re-implemented in NumPy."""
-    d = data.size
-    mu = 1.0 / np.sqrt(1.0) / np.sqrt(d)
-    f0 = loss(data)
-    g = np.zeros(data.shape)
-    for _ in range(q):
-        u = rs.normal(size=data.shape)
-        u = u / np.linalg.norm(u)
-        g += d / mu / q * (loss(data + mu * u) - f0) * u
-    return g
-
-
 def test_urv_converges_like_the_seed_loop(rng):
     d = 64
     loss = _mlp_loss(rng, d)
     x = jnp.asarray(rng.uniform(0, 1, d), jnp.float32)
     exact = np.asarray(jax.grad(loss)(x), np.float64)
     np_loss = lambda v: float(loss(jnp.asarray(v, jnp.float32)))
-    seed = _seed_urv(np_loss, np.asarray(x, np.float64), 800, np.random.RandomState(0))
+    seed = URVGradientEstimator(np_loss, x.size, num_iter=800, seed=0)(np.asarray(x, np.float64))
     ours = np.asarray(urv_gradient(KEY, loss, x, num_samples=800), np.float64)
 
     def rel_err(g):

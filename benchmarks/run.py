@@ -1,4 +1,5 @@
-"""Benchmark runner: ours vs the peers in one process; writes JSON per benchmark and RESULTS.md.
+"""Benchmark runner: ours vs the peers in one process; writes JSON per benchmark, RESULTS.md and
+a chart of the ratios (ratios.png).
 
     python benchmarks/run.py [--quick] [--only NAME ...] [--out DIR]
 
@@ -17,6 +18,8 @@ import os
 import platform
 import sys
 from pathlib import Path
+
+from xai_jax.plotting import benchmark_chart, load_results
 
 BENCHMARKS = {
     "pairwise_distances": "benchmarks.bench_distances:bench_pairwise_distances",
@@ -69,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
     markdown = args.out / "RESULTS.md"
     markdown.write_text(results_markdown(args.out))
-    print(f"\nwrote {args.out}/*.json and {markdown}")
+    chart = args.out / "ratios.png"
+    ax = benchmark_chart(load_results(args.out), title="speed-up over each peer (median)")
+    ax.figure.savefig(chart, dpi=100)
+    print(f"\nwrote {args.out}/*.json, {markdown} and {chart}")
     return 0
 
 

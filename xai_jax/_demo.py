@@ -114,12 +114,14 @@ def explain(key, net, params, x, background, quick: bool) -> tuple[dict, dict]:
     for mode in ("PP", "PN"):
         generator = ExplanationGenerator(
             "cem", "aoexpgrad", "autodiff",
-            loss_kwargs={"mode": mode, "c": 100.0, "K": 0.2},
+            loss_kwargs={"mode": mode, "c": 10.0, "K": 1.0},
             optimizer_kwargs={"l1": 0.1, "l2": 0.0, "eta": 1.0},
             num_iter=100 if quick else 500, save_freq=100 if quick else 500,
         )  # fmt: skip
         start = time.perf_counter()
-        cem[mode] = [generator.run(xi, keys[4], inference_call=probs)[1] for xi in x]
+        cem[mode] = [
+            generator.run(xi, keys[4], inference_call=model)[1] for xi in x
+        ]  # logits: softmax saturates
         timings[f"CEM {mode} (ExplanationGenerator)"] = time.perf_counter() - start
     out["cem"] = cem
     return out, timings

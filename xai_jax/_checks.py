@@ -53,6 +53,31 @@ def check_positive(name: str, value, *, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be {bound} (and not NaN), got {shown}")
 
 
+def check_bounds(lower, upper) -> None:
+    """Raise unless concrete `lower`/`upper` (each optional) are real, not NaN, broadcast
+    together and `lower <= upper` everywhere; traced bounds cannot be checked."""
+    for name, value in (("lower", lower), ("upper", upper)):
+        if value is not None and is_concrete(value):
+            arr = np.asarray(value)
+            if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+                raise TypeError(f"{name} must be a real number or array, got {value!r}")
+            if np.any(np.isnan(arr)):
+                raise ValueError(f"{name} must not be NaN, got {value!r}")
+    if lower is None or upper is None or not (is_concrete(lower) and is_concrete(upper)):
+        return
+    lo, hi = np.asarray(lower), np.asarray(upper)
+    try:
+        bad = np.any(lo > hi)
+    except ValueError as err:
+        raise ValueError(
+            f"lower and upper must broadcast together, got shapes {lo.shape} and {hi.shape}"
+        ) from err
+    if bad:
+        raise ValueError(
+            f"lower must not exceed upper anywhere, got lower={lower!r}, upper={upper!r}"
+        )
+
+
 def as_float_array(name: str, value, *, min_ndim: int = 0) -> jax.Array:
     """`value` as a floating JAX array (integers and bools are promoted to the default float)."""
     try:

@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.typing import ArrayLike
 from jaxtyping import Float
@@ -22,10 +21,10 @@ from xai_jax._blackbox import as_model
 from xai_jax._checks import (
     as_float_array,
     as_key,
+    check_bounds,
     check_choice,
     check_positive,
     check_positive_int,
-    is_concrete,
 )
 from xai_jax.estimators import numerical_gradient, urv_gradient
 
@@ -213,9 +212,7 @@ def contrastive_explanation(
     if save_freq > num_iter:
         raise ValueError(f"save_freq={save_freq} exceeds num_iter={num_iter}: nothing is saved")
     x0 = as_float_array("x0", x0)
-    given = lower is not None and upper is not None
-    if given and is_concrete(lower) and is_concrete(upper) and np.any(np.less(upper, lower)):
-        raise ValueError("lower must not exceed upper")
+    check_bounds(lower, upper)
     lower = _bound("lower", lower, x0, -jnp.inf)
     upper = _bound("upper", upper, x0, jnp.inf)
     options = (gradient, tuple(sorted((gradient_kwargs or {}).items())), num_iter, save_freq)

@@ -196,7 +196,8 @@ def _chunk_size(num_rows: int, rows_per_instance: int, batch_size: int | None) -
     return max(1, min(num_rows, _ROWS_PER_CHUNK // rows_per_instance))
 
 
-def _as_rows(name: str, x) -> jax.Array:
+def as_rows(name: str, x) -> jax.Array:
+    """`x` as a floating `[rows, features]` array, or a ValueError naming it."""
     x = as_float_array(name, x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D [rows, features], got shape {x.shape}")
@@ -310,7 +311,7 @@ def lime(
     num_samples = check_positive_int("num_samples", num_samples)
     check_choice("perturbation", perturbation, PERTURBATIONS)
     check_choice("feature_selection", feature_selection, SELECTION_METHODS)
-    x = _as_rows("x", x)
+    x = as_rows("x", x)
     d = x.shape[1]
     gaussian = perturbation == "gaussian"
     if gaussian:
@@ -538,8 +539,8 @@ def kernel_shap(
         Array([[0.5, 0.5, 1. ]], dtype=float32)
     """
     num_samples = check_positive_int("num_samples", num_samples)
-    x = _as_rows("x", x)
-    background = _as_rows("background", background)
+    x = as_rows("x", x)
+    background = as_rows("background", background)
     n, d = x.shape
     if background.shape[1] != d:
         raise ValueError(

@@ -23,7 +23,7 @@ import optax
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, Int
 
-from xai_jax._checks import check_positive, is_concrete
+from xai_jax._checks import check_bounds, check_positive
 
 __all__ = [
     "AoExpGradState",
@@ -78,27 +78,6 @@ def _lambertw_exp(a: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
 
 # --------------------------------------------------------------------------------------------
 # Shared boundary checks.
-
-
-def _check_bounds(lower, upper) -> None:
-    for name, value in (("lower", lower), ("upper", upper)):
-        if value is not None and is_concrete(value):
-            arr = np.asarray(value)
-            if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-                raise TypeError(f"{name} must be a real number or array, got {value!r}")
-            if np.any(np.isnan(arr)):
-                raise ValueError(f"{name} must not be NaN, got {value!r}")
-    if lower is None or upper is None or not (is_concrete(lower) and is_concrete(upper)):
-        return
-    lo, hi = np.asarray(lower), np.asarray(upper)
-    try:
-        bad = np.any(lo > hi)
-    except ValueError as err:
-        raise ValueError(
-            f"lower and upper must broadcast together, got shapes {lo.shape} and {hi.shape}"
-        ) from err
-    if bad:
-        raise ValueError(f"lower must be <= upper everywhere, got lower={lower!r}, upper={upper!r}")
 
 
 def _check_real(name: str, value) -> float:
@@ -202,7 +181,7 @@ def aoexpgrad(
     check_positive("l1", l1, allow_zero=True)
     check_positive("l2", l2, allow_zero=True)
     check_positive("eta", eta)
-    _check_bounds(lower, upper)
+    check_bounds(lower, upper)
     for name, value in (("l1", l1), ("l2", l2), ("eta", eta)):
         if not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value}")
@@ -354,7 +333,7 @@ def elastic_net_fista(
     check_positive("beta", beta)
     if not math.isfinite(beta):
         raise ValueError(f"beta must be finite, got {beta}")
-    _check_bounds(lower, upper)
+    check_bounds(lower, upper)
 
     def init_fn(params: optax.Params) -> ElasticNetFistaState:
         params = jax.tree.map(jnp.asarray, params)

@@ -27,7 +27,7 @@ from xai_jax.contrastive import GRADIENTS, MODES, cem_loss, contrastive_explanat
 from xai_jax.distances import METRICS
 from xai_jax.integrated_gradients import integrated_gradients, layer_integrated_gradients
 from xai_jax.kernels import exponential_kernel
-from xai_jax.lime import GaussianNeighbourhood, local_surrogates
+from xai_jax.lime import GaussianNeighbourhood, as_rows, local_surrogates
 from xai_jax.optimizers import aoexpgrad, elastic_net_fista
 from xai_jax.quadrature import METHODS
 
@@ -385,9 +385,7 @@ class LimeBase:
             `[n, k]`.
         """
         num_samples = check_positive_int("num_samples", num_samples)
-        X = as_float_array("X", X)
-        if X.ndim != 2:
-            raise ValueError(f"X must be 2-D [rows, features], got shape {X.shape}")
+        X = as_rows("X", X)
         width = self.kernel_width
         if width is None:
             width = 0.75 * math.sqrt(X.shape[1])

@@ -352,20 +352,10 @@ def _ig_case(ctx: Context, model: Model) -> tuple[dict[int, float], dict]:
             internal_batch_size=ibs,
         )
 
-    sweep = _sweep(ctx, ours, model.ig_chunks)
-    ibs = min(sweep, key=sweep.get)
     bare = bare_ig(model.fn)
     onehot = jax.nn.one_hot(model.t, CLASSES, dtype=jnp.float32)
-    timings = ctx.time(
-        {
-            "peer": captum,
-            "peer_chunked": lambda: captum(ibs),
-            "unchunked": lambda: ours(None),
-            "chunked": lambda: ours(ibs),
-            "bare": lambda: bare(model.x, onehot),
-        },
-        repeats=10,
-        matmul=True,
+    sweep, ibs, timings = _time_variants(
+        ctx, captum, ours, model.ig_chunks, bare=lambda: bare(model.x, onehot)
     )
     net64, x64 = float64_copy(model)
     exact = IntegratedGradients(net64).attribute(
@@ -381,20 +371,15 @@ def _ig_case(ctx: Context, model: Model) -> tuple[dict[int, float], dict]:
         timings["peer"],
         timings[best],
         targets={"ratio_median": model.ig_target},
-        peer_chunked_s=timings["peer_chunked"].median,
-        unchunked_s=timings["unchunked"].median,
-        chunked_s=timings["chunked"].median,
-        ibs=ibs,
+        **_chunk_fields(timings, ibs, sweep),
         bare_s=timings["bare"].median,
         bare_over_ours=timings["bare"].median / timings[best].median,
-        chunking_cost=timings["chunked"].median / timings["unchunked"].median,
         **_throughput(ctx, timings, best, flops),
         **agreement,
         bare_rel_diff=bare_agreement["rel_diff"],
         temp_small=_temp_bytes(model.fn, model, MEMORY_STEPS[0], ibs),
         temp_large=_temp_bytes(model.fn, model, MEMORY_STEPS[1], ibs),
         temp_unchunked=_temp_bytes(model.fn, model, N_STEPS, None),
-        sweep_ms={str(n): s * 1e3 for n, s in sweep.items()},
     )
     return sweep, case
 
@@ -463,18 +448,7 @@ def _conductance_case(ctx: Context, model: Model) -> tuple[dict[int, float], dic
             internal_batch_size=ibs,
         )
 
-    sweep = _sweep(ctx, ours, model.conductance_chunks)
-    ibs = min(sweep, key=sweep.get)
-    timings = ctx.time(
-        {
-            "peer": captum,
-            "peer_chunked": lambda: captum(ibs),
-            "unchunked": lambda: ours(None),
-            "chunked": lambda: ours(ibs),
-        },
-        repeats=10,
-        matmul=True,
-    )
+    sweep, ibs, timings = _time_variants(ctx, captum, ours, model.conductance_chunks)
     net64, x64 = float64_copy(model)
     exact = LayerConductance(net64, net64[1]).attribute(
         x64, target=model.t_torch, n_steps=N_STEPS, method=METHOD
@@ -489,16 +463,37 @@ def _conductance_case(ctx: Context, model: Model) -> tuple[dict[int, float], dic
         timings["peer"],
         timings[best],
         targets={"ratio_median": model.conductance_target},
-        peer_chunked_s=timings["peer_chunked"].median,
-        unchunked_s=timings["unchunked"].median,
-        chunked_s=timings["chunked"].median,
-        ibs=ibs,
-        chunking_cost=timings["chunked"].median / timings["unchunked"].median,
+        **_chunk_fields(timings, ibs, sweep),
         **_throughput(ctx, timings, best, flops),
         **agreement,
-        sweep_ms={str(n): s * 1e3 for n, s in sweep.items()},
     )
     return sweep, case
+
+
+def _time_variants(ctx: Context, captum: Callable, ours: Callable, chunks, **extra: Callable):
+    """Sweep ours' chunk sizes, then time Captum (default and with ours' best chunk size) and
+    ours (unchunked and chunked), plus `extra` contenders, in the same rounds."""
+    sweep = _sweep(ctx, ours, chunks)
+    ibs = min(sweep, key=sweep.get)
+    fns = {
+        "peer": captum,
+        "peer_chunked": lambda: captum(ibs),
+        "unchunked": lambda: ours(None),
+        "chunked": lambda: ours(ibs),
+        **extra,
+    }
+    return sweep, ibs, ctx.time(fns, repeats=10, matmul=True)
+
+
+def _chunk_fields(timings: dict[str, Timing], ibs: int, sweep: dict[int, float]) -> dict:
+    return {
+        "peer_chunked_s": timings["peer_chunked"].median,
+        "unchunked_s": timings["unchunked"].median,
+        "chunked_s": timings["chunked"].median,
+        "ibs": ibs,
+        "chunking_cost": timings["chunked"].median / timings["unchunked"].median,
+        "sweep_ms": {str(n): s * 1e3 for n, s in sweep.items()},
+    }
 
 
 AGREEMENT_COLUMNS = [

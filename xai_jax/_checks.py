@@ -3,6 +3,13 @@
 Every public function validates its arguments once, here, before any compute, and raises a
 `ValueError`/`TypeError` that names the argument and, for names, lists the valid choices.
 Internals assume valid input.
+
+Non-finite data: a concrete data argument (`x`, `baselines`, `background`, `X`/`y`/
+`sample_weight`, `distances`, `x0`, ...) that holds NaN or inf raises a `ValueError` naming it
+(`check_finite`, which `as_float_array` applies by default); traced values (under `jit`, `vmap`,
+`grad`) cannot be inspected, and their NaN/inf propagate to the outputs of the rows they touch
+(never a finite number in their place). Bounds (`lower`, `upper`) may be infinite and are not
+checked this way.
 """
 
 from __future__ import annotations
@@ -78,8 +85,11 @@ def check_bounds(lower, upper) -> None:
         )
 
 
-def as_float_array(name: str, value, *, min_ndim: int = 0) -> jax.Array:
-    """`value` as a floating JAX array (integers and bools are promoted to the default float)."""
+def as_float_array(name: str, value, *, min_ndim: int = 0, finite: bool = True) -> jax.Array:
+    """`value` as a floating JAX array (integers and bools are promoted to the default float).
+
+    With `finite` (the default) a concrete array holding NaN or inf raises (`check_finite`).
+    """
     try:
         arr = jnp.asarray(value)
     except TypeError as err:
@@ -92,7 +102,41 @@ def as_float_array(name: str, value, *, min_ndim: int = 0) -> jax.Array:
         raise ValueError(
             f"{name} must have at least {min_ndim} dimension(s), got shape {arr.shape}"
         )
+    if finite:
+        check_finite(name, arr)
     return arr
+
+
+@jax.jit
+def _all_finite(arr: jax.Array) -> jax.Array:
+    # `x * 0` is 0 for finite x and NaN for NaN and inf, so one fused sum answers (XLA keeps
+    # IEEE semantics and does not fold it). ~1.6 ms for 10000 x 784 float32 on 2 CPU cores,
+    # where `isfinite(x).all()` took 5.6 ms and converting the NumPy array to JAX 10 ms.
+    return jnp.sum(arr * jnp.zeros((), arr.dtype)) == 0
+
+
+def check_finite(name: str, value) -> None:
+    """Raise a `ValueError` naming `name` if a concrete floating `value` holds NaN or inf.
+
+    Traced values (under `jit`, `vmap`, `grad`) are not checked: their NaN/inf propagate to the
+    outputs. Concrete values met while tracing (closed-over constants) are still checked.
+    """
+    if not is_concrete(value):
+        return
+    arr = value if isinstance(value, jax.Array) else np.asarray(value)
+    if not jnp.issubdtype(arr.dtype, jnp.floating) or arr.size == 0:
+        return
+    with jax.ensure_compile_time_eval():  # a constant inside the caller's trace: check it now
+        if bool(_all_finite(arr)):
+            return
+    bad = ~np.isfinite(np.asarray(arr))
+    count = int(bad.sum())
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
+    raise ValueError(
+        f"{name} contains NaN or inf ({count} {'entry' if count == 1 else 'entries'}, the first "
+        f"at index {first}); remove or impute them first (traced values are not checked: "
+        "under jit, NaN/inf propagate to the outputs of the rows they touch)"
+    )
 
 
 def as_key(key, name: str = "key") -> jax.Array:
@@ -123,3 +167,36 @@ def as_key(key, name: str = "key") -> jax.Array:
         f"(jax.random.PRNGKey(seed)), got {type(key).__name__}"
         + (f" with dtype {dtype} and shape {shape}" if dtype is not None else "")
     )
+
+
+def as_row_keys(key, n: int, name: str = "key") -> jax.Array:
+    """`n` typed PRNG keys, one per row: a single key split `n` ways, or a key batch checked.
+
+    A single key (typed, or a legacy uint32 key) gives `jax.random.split(key, n)`, so row `i`
+    uses `split(key, n)[i]`. One key per row (a typed key array of shape `[n]`, or legacy uint32
+    data of shape `[n, 2]`) is returned as is (wrapped when legacy), which lets a caller that
+    splits the batch (`xai_jax.sharding.explain_sharded`) hand each piece the keys its rows
+    would get in the whole batch. A key batch of another length raises a `ValueError` naming
+    `name`; anything that is not a key is rejected as by `as_key`.
+    """
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and len(shape) > 0:
+        batch = key
+    elif dtype is not None and dtype == jnp.uint32 and shape is not None and len(shape) == 2:
+        default_shape = jax.random.key_data(jax.random.key(0)).shape
+        if shape[1:] != default_shape:
+            raise ValueError(
+                f"{name} is a raw uint32 array of shape {shape}, but legacy keys of the default "
+                f"PRNG implementation have shape {default_shape} (one key) or "
+                f"{(n, *default_shape)} (one per row)"
+            )
+        batch = jax.random.wrap_key_data(key)
+    else:
+        return jax.random.split(as_key(key, name), n)
+    if batch.shape != (n,):
+        raise ValueError(
+            f"{name} must be a single PRNG key or one key per row, shape ({n},), "
+            f"got a key array of shape {batch.shape}"
+        )
+    return batch

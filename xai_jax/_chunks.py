@@ -111,8 +111,15 @@ def map_rows(kernel: Callable, config, rows, num_rows: int, chunk: int):
     `kernel` maps `chunk` rows to outputs with `chunk` as leading axis. The last chunk is padded
     by repeating the last row (valid data, so padding cannot produce NaN) and cut off. Same two
     schedules as `run`: a host loop over one compiled chunk when eager, `lax.map` under a trace.
+    No rows give outputs with no rows (the shapes and dtypes of a one-row chunk), and no call.
     """
     static, arrays = partition(config)
+    if num_rows == 0:
+        one = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct((1, *leaf.shape[1:]), leaf.dtype), rows
+        )
+        out = jax.eval_shape(lambda r, a: kernel(combine(static, a), r), one, arrays)
+        return jax.tree.map(lambda s: jnp.zeros((0, *s.shape[1:]), s.dtype), out)
     chunk = min(chunk, num_rows)
     num_chunks = -(-num_rows // chunk)
     if num_chunks > 1 and not is_traced((rows, arrays)):
@@ -123,7 +130,8 @@ def map_rows(kernel: Callable, config, rows, num_rows: int, chunk: int):
     return _map_whole(kernel, static, chunk, num_chunks, rows, arrays)
 
 
-def _gather(rows, chunk: int, c: jax.Array):
+def gather_rows(rows, chunk: int, c: jax.Array):
+    """Rows `[c * chunk, (c + 1) * chunk)` of every leaf, past the end repeating the last row."""
     num_rows = jax.tree.leaves(rows)[0].shape[0]
     index = jnp.minimum(c * chunk + jnp.arange(chunk, dtype=jnp.int32), num_rows - 1)
     return jax.tree.map(lambda leaf: leaf[index], rows)
@@ -131,7 +139,7 @@ def _gather(rows, chunk: int, c: jax.Array):
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _map_step(kernel: Callable, static, chunk: int, c: jax.Array, rows, arrays):
-    return kernel(combine(static, arrays), _gather(rows, chunk, c))
+    return kernel(combine(static, arrays), gather_rows(rows, chunk, c))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
@@ -141,7 +149,7 @@ def _map_whole(kernel: Callable, static, chunk: int, num_chunks: int, rows, arra
     if num_chunks == 1:
         return kernel(config, rows)
     out = jax.lax.map(
-        lambda c: kernel(config, _gather(rows, chunk, c)),
+        lambda c: kernel(config, gather_rows(rows, chunk, c)),
         jnp.arange(num_chunks, dtype=jnp.int32),
     )
     return jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:])[:num_rows], out)

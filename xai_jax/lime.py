@@ -26,8 +26,9 @@ from xai_jax import _chunks
 from xai_jax._blackbox import Target, as_model, as_target, mark_invalid, selected
 from xai_jax._checks import (
     as_float_array,
-    as_key,
+    as_row_keys,
     check_choice,
+    check_finite,
     check_positive,
     check_positive_int,
     is_concrete,
@@ -178,6 +179,9 @@ def _fit_regressor(regressor, Z, y, weights, keep) -> LimeResult:
     """
     Z, y, weights, keep = (np.asarray(a) for a in (Z, y, weights, keep))
     tail = y.shape[2:]
+    if Z.shape[0] == 0:  # no rows: an empty result of the right shapes
+        coef, rest = np.zeros((0, *tail, Z.shape[2])), np.zeros((0, *tail))
+        return LimeResult(*(jnp.asarray(a, Z.dtype) for a in (coef, rest, rest, rest)))
     parts = []
     for z, t, w, k in zip(Z, y, weights, keep, strict=True):
         reg = sklearn.base.clone(regressor).fit(z[:, k], t, sample_weight=w)
@@ -210,6 +214,7 @@ def _as_feature_vector(name: str, value, x: jax.Array) -> jax.Array:
         raise ValueError(
             f"{name} must be a scalar or one value per feature ({x.shape[1]},), got {arr.shape}"
         )
+    check_finite(name, arr)
     return jnp.broadcast_to(arr, x.shape[1:])
 
 
@@ -236,8 +241,8 @@ def lime(
 ) -> LimeResult:
     """LIME: a weighted linear surrogate of `fn` around each row of `x`, as the `lime` package.
 
-    For each row (one key each, split from `key`), `num_samples` neighbours are drawn (row 0 is
-    the instance), labelled by `fn`, weighted by lime's kernel
+    For each row (one key each, split from `key` or given per row), `num_samples` neighbours
+    are drawn (row 0 is the instance), labelled by `fn`, weighted by lime's kernel
     `sqrt(exp(-d**2 / kernel_width**2))` of their distance to the instance, and a ridge
     regression (`alpha`, intercept, sample weights; lime's `Ridge(alpha=1)`) is fit on them,
     optionally on `num_features` features chosen first by `feature_selection`.
@@ -262,7 +267,10 @@ def lime(
     of instances go to `fn` as one 2-D batch.
 
     Args:
-        key: PRNG key; row `i` uses `jax.random.split(key, n)[i]`.
+        key: PRNG key, or one key per row: a single key gives row `i` the key
+            `jax.random.split(key, n)[i]`; a key array `[n]` (or legacy uint32 `[n, 2]`) gives
+            row `i` the key `key[i]`, so the rows of a split batch get the same keys
+            (`xai_jax.sharding.explain_sharded`).
         fn: the black box.
         x: `[n, d]` instances to explain.
         num_samples: neighbours per instance, the instance included (lime's 5000).
@@ -288,13 +296,15 @@ def lime(
 
     Returns:
         `LimeResult(coef [n, F], intercept [n], score [n], local_pred [n])`, `F` being `d` or
-        the number of segments.
+        the number of segments; an empty `x` (`n = 0`) gives an empty result, `fn` not called.
 
     Raises:
         ValueError: `x` not 2-D, unknown `perturbation`/`feature_selection`/`distance_metric`,
             `num_features` outside `[1, F]`, segments of the wrong shape, `mean` or `segments`
             with the wrong perturbation, a black box whose output does not have one row per
-            input row, a target out of range or missing for a vector output.
+            input row, a target out of range or missing for a vector output, a key array
+            whose length is not `n`, NaN/inf in a concrete `x`, `scale`, `mean` or `baseline`
+            (traced ones give non-finite results in the rows they touch).
         TypeError: `key` is not a PRNG key, `regressor` has no `fit`/`predict`.
 
     Example:
@@ -392,13 +402,13 @@ def local_surrogates(
     `coef [n, k, F]`, the rest `[n, k]`.
     """
     n = x.shape[0]
+    keys = as_row_keys(key, n)
     if regressor is not None and _chunks.is_traced((x, extra)):
         raise ValueError(
             "a scikit-learn regressor is fit on the host, outside jit: call lime eagerly, or "
             "use regressor=None (the JAX ridge)"
         )
     model, out = as_model(fn, x, num_samples)
-    keys = jax.random.split(as_key(key), n)
     t = Target(None, None) if all_outputs else as_target(target, out, n)
     config = _Config(
         model,
@@ -512,7 +522,9 @@ def kernel_shap(
     `fn` may be a non-JAX function (called through `jax.pure_callback`).
 
     Args:
-        key: PRNG key; row `i` uses `jax.random.split(key, n)[i]`.
+        key: PRNG key, or one key per row: a single key gives row `i` the key
+            `jax.random.split(key, n)[i]`; a key array `[n]` (or legacy uint32 `[n, 2]`) gives
+            row `i` the key `key[i]`.
         fn: the black box, `[rows, d] -> [rows]` or `[rows, ...]`.
         x: `[n, d]` instances to explain.
         background: `[b, d]` rows that stand in for absent features.
@@ -523,12 +535,15 @@ def kernel_shap(
             not change the result (beyond float round-off).
 
     Returns:
-        `[n, d]` Shapley values.
+        `[n, d]` Shapley values (empty for an empty `x`, `fn` not called).
 
     Raises:
-        ValueError: `x` or `background` not 2-D or with different feature counts,
-            `num_samples < 1`, a black box whose output does not have one row per input row,
-            a target out of range or missing for a vector output.
+        ValueError: `x` or `background` not 2-D or with different feature counts, a
+            `background` without rows, `num_samples < 1`, a black box whose output does not
+            have one row per input row, a target out of range or missing for a vector output,
+            a key array whose length is not `n`, NaN/inf in a concrete `x` or `background`
+            (traced ones give non-finite values in the rows they touch: every row for
+            `background`).
         TypeError: `key` is not a PRNG key.
 
     Example:
@@ -546,11 +561,13 @@ def kernel_shap(
         raise ValueError(
             f"background must have the {d} features of x, got shape {background.shape}"
         )
+    if background.shape[0] == 0:
+        raise ValueError(f"background must have at least one row, got shape {background.shape}")
     background = background.astype(x.dtype)
     b = background.shape[0]
     s = min(num_samples, 2**d - 2) if d < 63 else num_samples
+    keys = as_row_keys(key, n)
     model, out = as_model(fn, x, max(1, s) * b)
-    keys = jax.random.split(as_key(key), n)
     t = as_target(target, out, n)
     per_call = max(1, _MAX_ROWS_PER_CALL // b)
     config = _ShapConfig(model, background, num_samples, per_call)

@@ -19,6 +19,16 @@ def x64():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _x64_marker(request):
+    """Tests marked `@pytest.mark.x64` run with float64 enabled, as with the `x64` fixture."""
+    if request.node.get_closest_marker("x64") is None:
+        yield
+    else:
+        with jax.enable_x64(True):
+            yield
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

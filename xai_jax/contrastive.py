@@ -108,8 +108,9 @@ def cem_loss(
         `CEMLoss`, a callable `delta -> scalar`.
 
     Raises:
-        ValueError: unknown `mode`, negative weights, or `predict_fn` not returning
-            `[1, classes]` with at least two classes.
+        ValueError: unknown `mode`, negative weights, `predict_fn` not returning
+            `[1, classes]` with at least two classes, or NaN/inf in a concrete `x` (a traced
+            one gives a NaN loss).
 
     Example:
         >>> import jax.numpy as jnp
@@ -195,7 +196,8 @@ def contrastive_explanation(
 
     Raises:
         ValueError: unknown `gradient`, `num_iter`/`save_freq` < 1, `save_freq > num_iter`,
-            bounds of the wrong shape or with `lower > upper`.
+            bounds of the wrong shape or with `lower > upper`, NaN/inf in a concrete `x0` (a
+            traced one gives non-finite iterates and `found=False`). Bounds may be infinite.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax

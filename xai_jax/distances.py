@@ -46,10 +46,13 @@ def pairwise_distances(
             (aliases `l1`, `cityblock`).
 
     Returns:
-        `[n, m]` array of distances, in the floating dtype of the inputs.
+        `[n, m]` array of distances, in the floating dtype of the inputs (empty when `x` or `y`
+        has no rows).
 
     Raises:
-        ValueError: unknown `metric`, inputs that are not 2-D, or different feature counts.
+        ValueError: unknown `metric`, inputs that are not 2-D, different feature counts, or
+            NaN/inf in a concrete `x` or `y` (traced ones give non-finite distances in their
+            rows and columns, never a finite number).
 
     Example:
         >>> import jax.numpy as jnp
@@ -87,7 +90,8 @@ def pairwise_distances(
         if metric in ("euclidean", "l2"):
             out = _safe_sqrt(out)
     if same:
-        out = jnp.where(jnp.eye(out.shape[0], dtype=bool), 0, out)
+        # a row with NaN or inf keeps its non-finite distance to itself
+        out = jnp.where(jnp.eye(out.shape[0], dtype=bool) & jnp.isfinite(out), 0, out)
     return out
 
 
@@ -99,12 +103,19 @@ def _dot_rows(a: jax.Array, b: jax.Array) -> jax.Array:
 def _squared_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
     # Centring changes no distance but shrinks the norms the expansion cancels against (pixel
     # data in [0, 1] has most of its norm in the mean). The centre is a constant of the result.
-    centre = jax.lax.stop_gradient(jnp.mean(y, axis=0, keepdims=True))
+    # Non-finite entries are left out of the centre, so that they spoil only their own rows.
+    finite_y = jnp.where(jnp.isfinite(y), y, jnp.zeros((), y.dtype))
+    centre = jax.lax.stop_gradient(jnp.mean(finite_y, axis=0, keepdims=True))
     x_aug, xx = _augment(x, centre, 1.0, norm_column=0)
     y_aug, yy = _augment(y, centre, -2.0, norm_column=1)
     d2 = _dot_rows(x_aug, y_aug)  # |x|^2 + |y|^2 - 2 x.y, in the product's accumulator
-    tol = (_SNAP_ULPS * jnp.finfo(d2.dtype).eps) * (xx + yy.T)
-    return jnp.where(d2 > tol, d2, 0)
+    tol = (_SNAP_ULPS * jnp.finfo(d2.dtype).eps) * (_nan_if_inf(xx) + _nan_if_inf(yy).T)
+    # NaN compares false: rows with NaN or inf (NaN tolerance) keep their non-finite d2
+    return jnp.where(d2 <= tol, jnp.zeros((), d2.dtype), d2)
+
+
+def _nan_if_inf(v: jax.Array) -> jax.Array:
+    return jnp.where(jnp.isinf(v), jnp.nan, v)
 
 
 def _augment(a: jax.Array, centre: jax.Array, scale: float, norm_column: int):
@@ -123,13 +134,13 @@ def _augment(a: jax.Array, centre: jax.Array, scale: float, norm_column: int):
 
 
 def _safe_sqrt(v: jax.Array) -> jax.Array:
-    """sqrt with a zero (not infinite) gradient at 0."""
-    positive = v > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, v, 1)), 0)
+    """sqrt with a zero (not infinite) gradient at 0; NaN stays NaN."""
+    zero = v == 0
+    return jnp.where(zero, 0, jnp.sqrt(jnp.where(zero, 1, v)))
 
 
 def _normalize_rows(a: jax.Array) -> jax.Array:
     """Rows scaled to unit norm; zero rows stay zero (scikit-learn's `normalize`)."""
     sq = jnp.sum(a * a, axis=1, keepdims=True)
-    nonzero = sq > 0
-    return jnp.where(nonzero, a * jax.lax.rsqrt(jnp.where(nonzero, sq, 1)), 0)
+    zero = sq == 0  # not `sq > 0`: a row with NaN must stay NaN, not become a zero row
+    return jnp.where(zero, 0, a * jax.lax.rsqrt(jnp.where(zero, 1, sq)))

@@ -12,6 +12,7 @@ from jaxtyping import Array, Float
 from xai_jax._checks import (
     as_float_array,
     as_key,
+    check_finite,
     check_positive,
     check_positive_int,
     is_concrete,
@@ -56,11 +57,13 @@ def numerical_gradient(
         batch_size: rows per model call (a multiple of 2); None sizes calls near 8 MB of input.
 
     Returns:
-        `[B, *outputs, *features]` estimates, in `x`'s floating dtype.
+        `[B, *outputs, *features]` estimates, in `x`'s floating dtype; empty (`fn` not called
+        on perturbed points) when `B = 0` or `x` has no features.
 
     Raises:
-        ValueError: `x` without a batch axis, `eps` that is not positive or has the wrong shape,
-            `batch_size < 2`.
+        ValueError: `x` without a batch axis, `eps` that is not positive and finite or has the
+            wrong shape, `batch_size < 2`, NaN/inf in a concrete `x` (traced ones give
+            non-finite estimates in their rows).
 
     Example:
         >>> import jax.numpy as jnp, numpy as np
@@ -80,6 +83,8 @@ def numerical_gradient(
         raise ValueError(f"fn must return a leading batch axis of {batch}, got shape {out_shape}")
 
     num_pairs = batch * num_features
+    if num_pairs == 0:  # an empty batch (or no features): an empty Jacobian, no model call
+        return jnp.zeros(out_shape + feature_shape, x.dtype)
     if batch_size is None:
         pairs_per_chunk = max(1, _CHUNK_BYTES // (2 * num_features * x.dtype.itemsize))
     else:
@@ -113,6 +118,7 @@ def _steps(eps, flat: jax.Array, feature_shape: tuple[int, ...]) -> jax.Array:
         scale = jnp.cbrt(jnp.finfo(flat.dtype).eps).astype(flat.dtype)
         return scale * jnp.maximum(1, jnp.abs(flat))
     check_positive("eps", eps)
+    check_finite("eps", eps)
     eps = jnp.asarray(eps, dtype=flat.dtype)
     if eps.ndim == 0:
         return eps
@@ -159,10 +165,13 @@ def urv_gradient(
         batch_size: directions per chunk; None sizes chunks near 8 MB.
 
     Returns:
-        The estimate, with `x`'s shape and floating dtype.
+        The estimate, with `x`'s shape and floating dtype (empty, with no call of `fn`, when
+        `x` has no entries).
 
     Raises:
-        ValueError: `num_samples < 1`, a concrete `mu <= 0` or `step < 1`, or `fn` not scalar.
+        ValueError: `num_samples < 1`, a concrete `mu` that is not positive and finite,
+            `step < 1`, `fn` not scalar, NaN/inf in a concrete `x` (traced ones give a
+            non-finite estimate).
         TypeError: `key` is not a PRNG key.
 
     Example:
@@ -177,12 +186,15 @@ def urv_gradient(
     num_samples = check_positive_int("num_samples", num_samples)
     x = as_float_array("x", x)
     dim = math.prod(x.shape)
+    if dim == 0:
+        return jnp.zeros(x.shape, x.dtype)
     if mu is None:
         if is_concrete(step) and not np.all(np.asarray(step) >= 1):
             raise ValueError(f"step must be >= 1, got {step}")
         mu = jax.lax.rsqrt(jnp.asarray(step, x.dtype) * dim)
     else:
         check_positive("mu", mu)
+        check_finite("mu", mu)
         mu = jnp.asarray(mu, x.dtype)
     out = jax.eval_shape(fn, x)
     if out.shape != ():

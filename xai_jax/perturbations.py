@@ -10,7 +10,14 @@ import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Bool, Float, Int
 
-from xai_jax._checks import as_float_array, as_key, check_positive, check_positive_int, is_concrete
+from xai_jax._checks import (
+    as_float_array,
+    as_key,
+    check_finite,
+    check_positive,
+    check_positive_int,
+    is_concrete,
+)
 
 
 def gaussian_perturbation(
@@ -47,7 +54,8 @@ def gaussian_perturbation(
         `[num_samples, *x.shape]` samples.
 
     Raises:
-        ValueError: `num_samples < 1`, `scale` that is negative or does not broadcast to `x`.
+        ValueError: `num_samples < 1`, `scale` that is negative or does not broadcast to `x`,
+            NaN/inf in a concrete `x`, `scale` or `mean` (traced ones give non-finite samples).
         TypeError: `key` is not a PRNG key.
 
     Example:
@@ -105,8 +113,10 @@ def bernoulli_perturbation(
 
     Raises:
         ValueError: `num_samples < 1`, `p` outside [0, 1], segments with negative labels, labels
-            `>= num_segments`, a `segments` shape that is not a leading part of `x`'s, or a
-            `baseline` that does not broadcast to `x`.
+            `>= num_segments`, a `segments` shape that is not a leading part of `x`'s, a
+            `baseline` that does not broadcast to `x`, or NaN/inf in a concrete `x` or
+            `baseline` (traced ones are not checked: samples that keep a non-finite feature
+            are non-finite).
         TypeError: `key` is not a PRNG key, or `segments` is not an integer array.
 
     Example:
@@ -170,8 +180,9 @@ def _normal_quantiles() -> np.ndarray:
 
 
 def _broadcast_to_x(name: str, value, x: jax.Array) -> jax.Array:
-    """`value` in `x`'s dtype, broadcast to `x`'s shape (never enlarging it)."""
+    """`value` in `x`'s dtype, broadcast to `x`'s shape (never enlarging it); finite."""
     arr = jnp.asarray(value, dtype=x.dtype)
+    check_finite(name, arr)
     try:
         fits = jnp.broadcast_shapes(arr.shape, x.shape) == x.shape
     except ValueError:

@@ -64,7 +64,9 @@ def weighted_ridge(
         `RidgeFit(coef, intercept, score)`.
 
     Raises:
-        ValueError: wrong ranks or row counts, negative `alpha`, negative or all-zero weights.
+        ValueError: wrong ranks or row counts (at least one row), negative `alpha`, negative or
+            all-zero weights, NaN/inf in a concrete `X`, `y` or `sample_weight` (traced ones
+            make the whole fit NaN, score included).
 
     Example:
         >>> import jax.numpy as jnp
@@ -76,8 +78,8 @@ def weighted_ridge(
     """
     X = as_float_array("X", X)
     y = as_float_array("y", y)
-    if X.ndim != 2:
-        raise ValueError(f"X must be 2-D [samples, features], got shape {X.shape}")
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"X must be 2-D [samples, features] with a row, got shape {X.shape}")
     if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
         raise ValueError(f"y must be [n] or [n, k] with n = {X.shape[0]} rows of X, got {y.shape}")
     check_positive("alpha", alpha, allow_zero=True)
@@ -110,7 +112,7 @@ def weighted_ridge(
     residual = targets - (X @ coef + intercept[None])
     ss_res = w @ jnp.square(residual)
     ss_tot = w @ jnp.square(targets - y_mean)
-    ok = ss_tot > 0
+    ok = ~(ss_tot <= 0)  # not `ss_tot > 0`: NaN from non-finite data must give a NaN score
     score = jnp.where(ok, 1 - ss_res / jnp.where(ok, ss_tot, 1), jnp.where(ss_res == 0, 1.0, 0.0))
 
     if y.ndim == 1:

@@ -25,7 +25,11 @@ from xai_jax._blackbox import call
 from xai_jax._checks import as_float_array, check_choice, check_positive, check_positive_int
 from xai_jax.contrastive import GRADIENTS, MODES, cem_loss, contrastive_explanation
 from xai_jax.distances import METRICS
-from xai_jax.integrated_gradients import integrated_gradients, layer_integrated_gradients
+from xai_jax.integrated_gradients import (
+    _as_inputs,
+    integrated_gradients,
+    layer_integrated_gradients,
+)
 from xai_jax.kernels import exponential_kernel
 from xai_jax.lime import GaussianNeighbourhood, as_rows, local_surrogates
 from xai_jax.optimizers import aoexpgrad, elastic_net_fista
@@ -39,6 +43,9 @@ class Explanation:
     """
 
     def __init__(self, meta: dict, data: dict):
+        for name, value in (("meta", meta), ("data", data)):
+            if not isinstance(value, Mapping):
+                raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
         self.meta = meta
         self.data = data
 
@@ -189,10 +196,17 @@ class IntegratedGradients:
             `Explanation` with `data` fields `attributions` (a list, one array per input or
             per layer tensor), `X`, `forward_kwargs`, `baselines`, `predictions`, `deltas`,
             `target`.
+
+        Raises:
+            ValueError: an empty batch, NaN/inf in `X` (checked before the model is called),
+                and as `integrated_gradients`.
+            TypeError: as `integrated_gradients`.
         """
+        inputs = _as_inputs(X, "X").x  # checked before the model runs; integers promoted
         kwargs = dict(forward_kwargs or {})
-        predictions = call(self._model, X, kwargs)
+        predictions = None
         if target is None and self.target_fn is not None:
+            predictions = call(self._model, inputs, kwargs)
             target = self.target_fn(predictions)
         options = dict(
             target=target,
@@ -203,12 +217,14 @@ class IntegratedGradients:
             forward_kwargs=kwargs or None,
         )
         if self.layer is None:
-            attributions, deltas = integrated_gradients(self._model, X, baselines, **options)
+            attributions, deltas = integrated_gradients(self._model, inputs, baselines, **options)
         else:
             layer_fn, head_fn = self._split(bool(attribute_to_layer_inputs))
             attributions, deltas = layer_integrated_gradients(
-                layer_fn, head_fn, X, baselines, **options
+                layer_fn, head_fn, inputs, baselines, **options
             )
+        if predictions is None:  # after the attributions, whose checks come first
+            predictions = call(self._model, inputs, kwargs)
         return Explanation(
             meta={
                 "name": "IntegratedGradients",

@@ -243,11 +243,13 @@ def integrated_gradients(
     Captum), so peak memory does not grow with `n_steps`; called eagerly with more examples
     than `internal_batch_size`, the examples run in blocks of that many, so it does not grow
     with the number of examples either (under `jit`, one step of every example is one call).
-    Called eagerly, the chunks run as a
-    host loop over one compiled chunk (as fast as unchunked, often faster: buffers stay in
-    cache); under your own `jit` they run as a `lax.scan`, where XLA:CPU computes the gradient of
-    convolutions several times slower: with convolutional models inside `jit`, prefer
-    `internal_batch_size=None` when memory allows.
+    Called eagerly, the chunks run as a host loop over one compiled chunk (as fast as
+    unchunked, often faster: buffers stay in cache); under your own `jit` they run as a
+    `lax.scan`, where XLA:CPU computes the gradient of convolutions several times slower: with
+    convolutional models inside `jit`, prefer `internal_batch_size=None` when memory allows.
+    The default (None, as Captum's) puts every path point in one call: for large batches pass
+    a bound (10,000 MNIST-sized examples at 50 steps: 9.5 GB above the baseline unbounded,
+    0.35 GB and 2.2x faster at `internal_batch_size=2048`; `benchmarks/bench_memory.py`).
 
     Args:
         fn: model mapping a batch (an array, or the pytree `x`) to outputs `[batch, ...]`.
@@ -344,8 +346,7 @@ def _in_example_blocks(attribute: Callable, ops: dict, batch: int, block: int):
 
     With more examples than `internal_batch_size`, one step of every example per model call
     would still be `batch` rows: blocks of examples keep every call at `block` rows, so memory
-    stays flat in the number of examples too (10,000 MNIST-sized examples at
-    `internal_batch_size=2048`: 256 MB instead of 431 MB above the baseline, and 16% faster).
+    stays flat in the number of examples too (`benchmarks/results/scale/MEMORY.md`).
     The rows of `ops` are independent; the last block repeats its last example and is cut.
     """
     parts = [

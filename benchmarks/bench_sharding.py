@@ -133,7 +133,8 @@ def _row(method: str, mode: str, devices: int, examples: int, timing) -> dict:
     }
 
 
-def _env(devices: int) -> dict:
+def host_devices_env(devices: int) -> dict:
+    """This process's environment with XLA:CPU forced to `devices` host devices."""
     env = dict(os.environ)
     flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", ""))
     env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             child_out = args.out / f".sharding_{devices}.json"
             cmd = [sys.executable, "-m", "benchmarks.bench_sharding", "--child", str(devices),
                    "--child-out", str(child_out), *(["--quick"] if args.quick else [])]  # fmt: skip
-            subprocess.run(cmd, cwd=ROOT, env=_env(devices), check=True)
+            subprocess.run(cmd, cwd=ROOT, env=host_devices_env(devices), check=True)
             for row in json.loads(child_out.read_text())["rows"]:
                 print(f"   {row['method']:22s} {row['mode']:8s} median {row['median_s']:7.3f} s "
                       f"min {row['min_s']:7.3f} s {row['examples_per_s']:8.1f} examples/s",

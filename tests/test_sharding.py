@@ -16,8 +16,6 @@ device's block of rows, but can differ from the whole-batch call in the last bit
 """
 
 import json
-import os
-import re
 import socket
 import subprocess
 import sys
@@ -29,6 +27,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
+from benchmarks.bench_sharding import host_devices_env
 from xai_jax import integrated_gradients, kernel_shap, lime
 from xai_jax.sharding import explain_sharded
 
@@ -36,14 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
 ROUND_OFF = 1e-6  # lime and kernel_shap vs the whole-batch call (see the module docstring)
 BITWISE = ("integrated_gradients", "contrastive_explanation")
-
-
-def _env(devices: int) -> dict:
-    env = dict(os.environ)
-    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", env.get("XLA_FLAGS", ""))
-    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
 
 
 def _free_port() -> int:
@@ -57,7 +48,7 @@ def _start(args: list, devices: int, log: Path) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "tests._sharding_script", *map(str, args)],
             cwd=ROOT,
-            env=_env(devices),
+            env=host_devices_env(devices),
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -12,9 +12,9 @@ which no chunking can avoid ("in+out"), and what the allocator keeps.
 
 * `integrated_gradients` on the MLP 784-512-512-10 of `_mlp`, Gauss-Legendre, random targets,
   zero baselines: with the default `internal_batch_size=None` (all `n * n_steps` path points
-  in one model call), with an explicit `internal_batch_size`, and with the examples split into
-  blocks of at most `internal_batch_size` (a host loop over calls: the schedule proposed for
-  the library when not even one step of every example fits in `internal_batch_size`).
+  in one model call), with an explicit `internal_batch_size` (called eagerly with more
+  examples than that, the library runs them in blocks of at most that many), and with the
+  examples split by the caller into such blocks (one call each), for comparison.
 * `lime` on bench_lime's MLP 20-64-64-2 (softmax, label 1), Gaussian sampling around the
   training mean, 5,000 samples, default chunking (~32k model rows per compiled chunk).
 
@@ -406,10 +406,10 @@ NOTES = [
     "baseline. in+out: the input and output arrays (IG: n x 784 float32 each).",
     "IG: MLP 784-512-512-10, 50 or 400 Gauss-Legendre steps, zero baselines, random targets, "
     "one eager call on all examples. ibs=None is the library default: every path point in one "
-    "model call. With ibs, the library's own chunking (until it split examples into blocks, a "
-    "chunk held at least one step of every example, as Captum: n rows at n > ibs). 'example "
-    "blocks': the examples split by the caller into blocks of at most ibs (a host loop over "
-    "calls, one per block), which bounds the rows per model call for any n. rows per model "
+    "model call. With ibs, the library's own chunking: at least one step of every example per "
+    "call, as Captum, and eagerly at n > ibs the examples in blocks of at most ibs. 'example "
+    "blocks': the same split done by the caller (a host loop over calls, one per block), for "
+    "comparison. rows per model "
     "call: the largest batch the model was traced with inside the gradient (measured).",
     "LIME: MLP 20-64-64-2, 5,000 Gaussian samples per instance around the training mean, "
     "default chunks of ~32k model rows (6 instances).",

@@ -248,8 +248,8 @@ def integrated_gradients(
     `lax.scan`, where XLA:CPU computes the gradient of convolutions several times slower: with
     convolutional models inside `jit`, prefer `internal_batch_size=None` when memory allows.
     The default (None, as Captum's) puts every path point in one call: for large batches pass
-    a bound (10,000 MNIST-sized examples at 50 steps: 9.5 GB above the baseline unbounded,
-    0.35 GB and 2.2x faster at `internal_batch_size=2048`; `benchmarks/bench_memory.py`).
+    a bound (10,000 MNIST-sized examples at 50 steps: 9.6 GB above the baseline unbounded,
+    0.3 GB and 2.2x faster at `internal_batch_size=2048`; `benchmarks/bench_memory.py`).
 
     Args:
         fn: model mapping a batch (an array, or the pytree `x`) to outputs `[batch, ...]`.
@@ -341,17 +341,18 @@ def _integrated_gradients(
     return attribute(ops, inputs.batch)
 
 
-def _in_example_blocks(attribute: Callable, ops: dict, batch: int, block: int):
-    """`attribute(ops, block)` on blocks of `block` examples, concatenated (called eagerly).
+def _in_example_blocks(attribute: Callable, ops: dict, batch: int, ibs: int):
+    """`attribute(ops_block, block)` on blocks of at most `ibs` examples, concatenated (eager).
 
     With more examples than `internal_batch_size`, one step of every example per model call
-    would still be `batch` rows: blocks of examples keep every call at `block` rows, so memory
-    stays flat in the number of examples too (`benchmarks/results/scale/MEMORY.md`).
-    The rows of `ops` are independent; the last block repeats its last example and is cut.
+    would still be `batch` rows: blocks of examples keep every call within `ibs` rows, so memory
+    stays flat in the number of examples too (`benchmarks/results/scale/MEMORY.md`). The
+    examples are spread evenly over the blocks (`_chunking`, as the steps over chunks); the rows
+    of `ops` are independent, and the last block repeats its last example, then is cut.
     """
+    num_blocks, block = _chunking(batch, 1, ibs)
     parts = [
-        attribute(_chunks.gather_rows(ops, block, jnp.int32(c)), block)
-        for c in range(-(-batch // block))
+        attribute(_chunks.gather_rows(ops, block, jnp.int32(c)), block) for c in range(num_blocks)
     ]
     return jax.tree.map(lambda *p: jnp.concatenate(p)[:batch], *parts)
 

@@ -134,6 +134,18 @@ def test_one_device_mesh_equals_plain_call():
     np.testing.assert_array_equal(explain_sharded(_ig, (np.asarray(x), t), mesh=MESH), _ig(x, t))
 
 
+def test_inside_jit_and_grad_and_same_key_same_bits():
+    x, t = _x(), jnp.array([0, 1, 2, 0, 1])
+    sharded = lambda z: explain_sharded(_ig, (z, t), mesh=MESH)
+    np.testing.assert_allclose(jax.jit(sharded)(x), _ig(x, t), rtol=1e-6, atol=1e-7)
+    grad = jax.grad(lambda z: jnp.sum(sharded(z) ** 2))(x)
+    expected = jax.grad(lambda z: jnp.sum(_ig(z, t) ** 2))(x)
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)
+    runs = [explain_sharded(_lime, x, mesh=MESH, key=jax.random.key(k)).coef for k in (0, 0, 1)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.allclose(runs[0], runs[2])
+
+
 def test_traces_once_for_same_shapes():
     traces = []
 

@@ -41,7 +41,7 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, PyTree, Shaped
 
 from xai_jax import _chunks
-from xai_jax._checks import as_row_keys, check_finite
+from xai_jax._checks import as_row_keys, check_finite, is_concrete
 
 
 def explain_sharded(
@@ -184,8 +184,14 @@ def _as_rows(x) -> tuple:
             raise ValueError(
                 f"{name} must be at least 1-D with the batch axis first, got shape {member.shape}"
             )
-        # method_fn only sees traced blocks, where its own boundary checks cannot look
-        if not isinstance(member, jax.Array) or member.is_fully_addressable:
+        # method_fn only sees traced blocks, where its own boundary checks cannot look; a
+        # global array of several processes cannot be read here, and tracers are not checked
+        global_array = (
+            isinstance(member, jax.Array)
+            and is_concrete(member)
+            and not member.is_fully_addressable
+        )
+        if not global_array:
             check_finite(name, member)
         if rows and member.shape[0] != rows[0].shape[0]:
             raise ValueError(

@@ -263,21 +263,23 @@ def test_chunking_changes_nothing(internal_batch_size):
 def test_more_examples_than_internal_batch_size_run_in_blocks_of_examples():
     # eagerly, 7 examples at internal_batch_size=3 run as blocks of 3 examples (the last one
     # padded): every model call sees at most 3 rows, whatever the batch, and per-row baselines,
-    # targets and forward_kwargs follow their rows
+    # targets and forward_kwargs follow their rows. The model starts with tanh, so no affine
+    # prefix is hoisted and every path point goes through `fn` (test_affine covers the other case)
     w = jnp.asarray(_rng.normal(size=(5, 3)), jnp.float32)
     rows_per_call = []
 
     def fn(v, scale):
         rows_per_call.append(v.shape[0])
-        return jnp.tanh(v @ w) * scale[:, None]
+        return jnp.tanh(v) @ w * scale[:, None]
 
     x, b = (jnp.asarray(_rng.normal(size=(7, 5)), jnp.float32) for _ in range(2))
     kw = dict(target=jnp.arange(7) % 3, n_steps=6, return_convergence_delta=True)
     kw["forward_kwargs"] = {"scale": jnp.linspace(0.5, 2.0, 7, dtype=jnp.float32)}
     attr, delta = integrated_gradients(fn, x, b, internal_batch_size=3, **kw)
     # after the output-shape probe on all 7 rows (traced once, compiled once): path points of
-    # 3 rows, and the delta's end points `[x; baseline]` of a block
-    assert sorted(rows_per_call[1:]) == [3, 6]
+    # 3 rows, the delta's end points `[x; baseline]` of a block, and the trace of a block that
+    # looks for an affine prefix
+    assert sorted(rows_per_call[1:]) == [3, 3, 6]
     expected, expected_delta = integrated_gradients(fn, x, b, **kw)
     np.testing.assert_allclose(attr, expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(delta, expected_delta, atol=1e-6)

@@ -76,6 +76,17 @@ def run(kernel: Callable, finish: Callable, config, operands, init, num_chunks: 
     return _whole(kernel, finish, static, operands, arrays, init, num_chunks)
 
 
+def call(f: Callable, config, operands):
+    """`f(config, operands)`, compiled and cached as the chunks are."""
+    static, arrays = partition(config)
+    return _call(f, static, operands, arrays)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _call(f: Callable, static, operands, arrays):
+    return f(combine(static, arrays), operands)
+
+
 def _add(acc, part):
     return jax.tree.map(jnp.add, acc, part)
 

@@ -2,7 +2,8 @@
 
 All of them evaluate the model on many points between a baseline and the input. The points of
 all examples of one chunk of steps go to the model as one batch of rows (`[steps * batch, ...]`,
-step-major as in Captum), which is what XLA:CPU runs fastest, and the chunks are summed by
+step-major as in Captum), which is what XLA:CPU runs fastest (integrated gradients runs the
+path past the model's affine prefix, `xai_jax._affine`), and the chunks are summed by
 `xai_jax._chunks.run`: a host loop over one compiled chunk when called eagerly, a `lax.scan`
 under the caller's `jit`. Peak memory is one chunk's, whatever `n_steps` or `num_samples`.
 """
@@ -17,7 +18,7 @@ import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PyTree
 
-from xai_jax import _chunks
+from xai_jax import _affine, _chunks
 from xai_jax._blackbox import as_target, call, mark_invalid, model_output, selected, shape_of
 from xai_jax._checks import (
     as_float_array,
@@ -237,6 +238,14 @@ def integrated_gradients(
     `attr = (x - b) * sum_k w_k dF_t(b + a_k (x - b))/dx` with `(a_k, w_k) = quadrature(method,
     n_steps)`, `F_t` the target output. Completeness: `sum(attr) ~= F_t(x) - F_t(b)`.
 
+    When the model starts with an affine map `A` of its input (a dense layer, a convolution,
+    a normalisation with fixed statistics: found in its jaxpr, `xai_jax._affine`), the path runs
+    in `A`'s output space: `A(b + a (x - b)) = A(b) + a (A(x) - A(b))`, so `A` is evaluated on
+    the two end points and its transpose applied once per example, not at every path point
+    (the first layer of an MLP, the first convolution of a CNN and their gradients leave the
+    per-step work). Same numbers up to float round-off; it needs `fn` to treat rows
+    independently, as everything here does.
+
     Differentiable (attribution priors: `jax.grad` of a loss of the attributions w.r.t. the
     model's parameters), jittable and vmappable. With `internal_batch_size`, at most that many
     path points go through the model at once (at least one step of all examples, as in
@@ -333,7 +342,10 @@ def _integrated_gradients(
             multiply_by_inputs=bool(multiply_by_inputs),
             delta=bool(return_convergence_delta),
         )
-        init = jax.tree.map(jnp.zeros_like, ops["x"])
+        hidden = _chunks.call(_hidden_ends, config, ops)
+        if hidden:
+            ops = {**ops, "hidden": hidden}
+        init = jax.tree.map(jnp.zeros_like, hidden[0] if hidden else ops["x"])
         return _chunks.run(_ig_chunk, _ig_finish, config, ops, init, num_chunks)
 
     if ibs is not None and inputs.batch > ibs and not _chunks.is_traced((ops, fn)):
@@ -366,16 +378,37 @@ def _ig_operands(
     return {"x": inputs.x, "baselines": b, "index": t.index, "valid": t.valid, "kwargs": kwargs}
 
 
+def _hidden_ends(config: _Config, ops: dict) -> tuple:
+    """`(A(x), A(b))` for the affine prefix `A` of the model (`xai_jax._affine`), or `()`."""
+    batch = jax.tree.leaves(ops["x"])[0].shape[0]
+    split = _affine.hoistable(config.fn, ops["x"], ops["kwargs"], config.per_chunk * batch)
+    if split is None:
+        return ()
+    return split.prefix(ops["x"], ops["kwargs"]), split.prefix(ops["baselines"], ops["kwargs"])
+
+
 def _ig_chunk(config: _Config, c: jax.Array, ops: dict):
+    """Per example, `sum_k w_k dF_t/dx (x_k)` over the chunk's steps; with an affine prefix `A`
+    (`ops["hidden"]`), the same sum of `dG_t/dh (h_k)` on the path from `A(b)` to `A(x)`."""
     alphas, weights = ops["alphas"][c], ops["weights"][c]
     batch = jax.tree.leaves(ops["x"])[0].shape[0]
     kwargs, index = _rows_of(ops, config.per_chunk)
-    points = _path(ops["x"], ops["baselines"], alphas)
-    grads = _weighted_target_grad(config.fn, points, kwargs, index, jnp.repeat(weights, batch))
+    if "hidden" in ops:
+        shaped = _affine.at_rows(ops["x"], config.per_chunk * batch)
+        rest = _affine.split(config.fn, shaped, kwargs).rest
+        model = lambda h, **kw: rest(h, kw)
+        points = _path(*ops["hidden"], alphas)
+    else:
+        model, points = config.fn, _path(ops["x"], ops["baselines"], alphas)
+    grads = _weighted_target_grad(model, points, kwargs, index, jnp.repeat(weights, batch))
     return _per_step_sum(grads, config.per_chunk)
 
 
 def _ig_finish(config: _Config, total, ops: dict):
+    if "hidden" in ops:  # back from A's output space: the transpose of A's linear part
+        prefix = _affine.split(config.fn, ops["x"], ops["kwargs"]).prefix
+        _, transpose = jax.vjp(lambda x: prefix(x, ops["kwargs"]), ops["x"])
+        (total,) = transpose(total)
     if config.multiply_by_inputs:
         total = jax.tree.map(lambda g, x, b: g * (x - b), total, ops["x"], ops["baselines"])
     attr = mark_invalid(total, ops["valid"])

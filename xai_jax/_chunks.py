@@ -36,7 +36,14 @@ def is_traced(operands) -> bool:
     """
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(operands)):
         return True
-    return isinstance(jax.lax.add(jnp.int32(0), jnp.int32(0)), jax.core.Tracer)
+    return isinstance(jax.lax.add(_zero(), _zero()), jax.core.Tracer)
+
+
+@functools.cache
+def _zero() -> jax.Array:
+    """A concrete int32 0, made once (even when first asked for under a trace)."""
+    with jax.ensure_compile_time_eval():
+        return jnp.int32(0)
 
 
 def partition(tree) -> tuple[Any, list]:
@@ -60,18 +67,20 @@ def combine(static, arrays: list):
     return jax.tree.unflatten(treedef, leaves)
 
 
-def run(kernel: Callable, finish: Callable, config, operands, init, num_chunks: int):
+def run(kernel: Callable, finish: Callable, config, operands, like, num_chunks: int):
     """`finish(config, sum_c kernel(config, c, operands), operands)` over `num_chunks` chunks.
 
     `kernel` and `finish` are module-level functions and `config`'s non-array parts are
-    hashable, so the compiled executables are cached across calls. `init` is the zero of the
-    sum (a pytree of arrays).
+    hashable, so the compiled executables are cached across calls. `like` gives the sum's
+    shapes and dtypes (a pytree of arrays or `jax.ShapeDtypeStruct`s); its zero is made in
+    NumPy and travels with the first call, which saves an eager dispatch per leaf.
     """
+    init = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like)
     static, arrays = partition(config)
     if num_chunks > 1 and not is_traced((operands, arrays)):
         acc = init
         for c in range(num_chunks):
-            acc = _step(kernel, static, jnp.int32(c), acc, operands, arrays)
+            acc = _step(kernel, static, np.int32(c), acc, operands, arrays)
         return _finish(finish, static, acc, operands, arrays)
     return _whole(kernel, finish, static, operands, arrays, init, num_chunks)
 
@@ -135,7 +144,7 @@ def map_rows(kernel: Callable, config, rows, num_rows: int, chunk: int):
     num_chunks = -(-num_rows // chunk)
     if num_chunks > 1 and not is_traced((rows, arrays)):
         parts = [
-            _map_step(kernel, static, chunk, jnp.int32(c), rows, arrays) for c in range(num_chunks)
+            _map_step(kernel, static, chunk, np.int32(c), rows, arrays) for c in range(num_chunks)
         ]
         return jax.tree.map(lambda *p: jnp.concatenate(p)[:num_rows], *parts)
     return _map_whole(kernel, static, chunk, num_chunks, rows, arrays)

@@ -27,7 +27,7 @@ from xai_jax._checks import (
     check_positive,
     check_positive_int,
 )
-from xai_jax.quadrature import _rule, quadrature
+from xai_jax.quadrature import _rule, check_rule
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -195,9 +195,9 @@ def _add_path_tables(
     weights = np.concatenate([weights, np.zeros(pad)])[: num_chunks * per_chunk]
     starts = np.arange(num_chunks)[:, None] * per_chunk
     width = per_chunk + (1 if overlap else 0)
-    dtype = jax.tree.leaves(ops["x"])[0].dtype
-    ops["alphas"] = jnp.asarray(alphas[starts + np.arange(width)], dtype)
-    ops["weights"] = jnp.asarray(weights.reshape(num_chunks, per_chunk), dtype)
+    dtype = jax.tree.leaves(ops["x"])[0].dtype  # NumPy tables: they travel with the call
+    ops["alphas"] = np.asarray(alphas[starts + np.arange(width)], dtype)
+    ops["weights"] = np.asarray(weights.reshape(num_chunks, per_chunk), dtype)
     return num_chunks, per_chunk
 
 
@@ -213,7 +213,7 @@ class _Config(NamedTuple):
 
 
 def _check_method(method: str, n_steps) -> None:
-    quadrature(method, n_steps)  # raises for an unknown method or too few steps
+    check_rule(method, n_steps)  # raises for an unknown method or too few steps
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,8 +345,8 @@ def _integrated_gradients(
         hidden = _chunks.call(_hidden_ends, config, ops)
         if hidden:
             ops = {**ops, "hidden": hidden}
-        init = jax.tree.map(jnp.zeros_like, hidden[0] if hidden else ops["x"])
-        return _chunks.run(_ig_chunk, _ig_finish, config, ops, init, num_chunks)
+        zero = hidden[0] if hidden else ops["x"]  # the sum's shapes
+        return _chunks.run(_ig_chunk, _ig_finish, config, ops, zero, num_chunks)
 
     if ibs is not None and inputs.batch > ibs and not _chunks.is_traced((ops, fn)):
         return _in_example_blocks(attribute, ops, inputs.batch, ibs)
@@ -364,7 +364,7 @@ def _in_example_blocks(attribute: Callable, ops: dict, batch: int, ibs: int):
     """
     num_blocks, block = _chunking(batch, 1, ibs)
     parts = [
-        attribute(_chunks.gather_rows(ops, block, jnp.int32(c)), block) for c in range(num_blocks)
+        attribute(_chunks.gather_rows(ops, block, np.int32(c)), block) for c in range(num_blocks)
     ]
     return jax.tree.map(lambda *p: jnp.concatenate(p)[:batch], *parts)
 
@@ -568,8 +568,7 @@ def layer_conductance(
         delta=bool(return_convergence_delta),
     )
     layer = shape_of(layer_fn, inputs.x, ops["kwargs"])
-    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), layer)
-    return _chunks.run(_conductance_chunk, _ig_finish, config, ops, init, num_chunks)
+    return _chunks.run(_conductance_chunk, _ig_finish, config, ops, layer, num_chunks)
 
 
 def _conductance_chunk(config: _Config, c: jax.Array, ops: dict):
@@ -652,8 +651,7 @@ def neuron_conductance(
         multiply_by_inputs=bool(multiply_by_inputs),
         neuron=neuron,
     )
-    init = jax.tree.map(jnp.zeros_like, inputs.x)
-    return _chunks.run(_neuron_chunk, _ig_finish, config, ops, init, num_chunks)
+    return _chunks.run(_neuron_chunk, _ig_finish, config, ops, inputs.x, num_chunks)
 
 
 def _as_neuron_index(neuron_index, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -745,8 +743,7 @@ def smoothgrad(
     ops = {"x": inputs.x, "stdev": jnp.asarray(stdev), "keys": jax.random.split(key, num_samples)}
     config = _Config(attribution_fn, per_chunk=per_chunk, nt_type=nt_type, num_samples=num_samples)
     out = shape_of(attribution_fn, inputs.x, {})
-    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (out, out))
-    return _chunks.run(_noise_chunk, _noise_finish, config, ops, init, num_chunks)
+    return _chunks.run(_noise_chunk, _noise_finish, config, ops, (out, out), num_chunks)
 
 
 def _chunk_keys(ops: dict, c: jax.Array, per_chunk: int) -> tuple[jax.Array, jax.Array]:
@@ -851,8 +848,7 @@ def expected_gradients(
     ops.update(background=background, stdev=jnp.asarray(stdev))
     ops["keys"] = jax.random.split(key, num_samples)
     config = _Config(fn, per_chunk=per_chunk, num_samples=num_samples)
-    init = jax.tree.map(jnp.zeros_like, inputs.x)
-    return _chunks.run(_expected_chunk, _expected_finish, config, ops, init, num_chunks)
+    return _chunks.run(_expected_chunk, _expected_finish, config, ops, inputs.x, num_chunks)
 
 
 def _as_background(background, x):

@@ -53,12 +53,16 @@ def quadrature(
         >>> weights
         Array([0.1, 0.2, 0.2, 0.2, 0.1], dtype=float32)
     """
-    check_choice("method", method, METHODS)
-    n_steps = check_positive_int("n_steps", n_steps, minimum=1 if method == "gausslegendre" else 2)
-    alphas, weights = _rule(method, n_steps)
+    alphas, weights = _rule(method, check_rule(method, n_steps))
     dtype = jnp.result_type(float)
     with jax.ensure_compile_time_eval():
         return jnp.asarray(alphas, dtype), jnp.asarray(weights, dtype)
+
+
+def check_rule(method: str, n_steps) -> int:
+    """Raise for an unknown `method` or too few `n_steps` (as `quadrature`); return `n_steps`."""
+    check_choice("method", method, METHODS)
+    return check_positive_int("n_steps", n_steps, minimum=1 if method == "gausslegendre" else 2)
 
 
 @functools.lru_cache(maxsize=256)

@@ -77,7 +77,12 @@ class Context:
         return min(full, 3) if self.quick else full
 
     def time(
-        self, fns: Mapping[str, Callable[[], Any]], *, repeats: int, matmul: bool = False
+        self,
+        fns: Mapping[str, Callable[[], Any]],
+        *,
+        repeats: int,
+        matmul: bool = False,
+        rounds: int = 3,
     ) -> dict[str, Timing]:
         """`time_interleaved` with this run's warm-up and repeat policy.
 
@@ -87,7 +92,9 @@ class Context:
         fns = dict(fns)
         if matmul:
             fns["matmul"] = self._matmul_fn
-        timings = time_interleaved(fns, repeats=self.repeats(repeats), warmup=self.warmup)
+        timings = time_interleaved(
+            fns, repeats=self.repeats(repeats), warmup=self.warmup, rounds=rounds
+        )
         if matmul:
             self._matmul_runs.append(self.gflops(timings))
         return timings

@@ -252,8 +252,9 @@ def integrated_gradients(
     Captum), so peak memory does not grow with `n_steps`; called eagerly with more examples
     than `internal_batch_size`, the examples run in blocks of that many, so it does not grow
     with the number of examples either (under `jit`, one step of every example is one call).
-    Called eagerly, the chunks run as a host loop over one compiled chunk (as fast as
-    unchunked, often faster: buffers stay in cache); under your own `jit` they run as a
+    Called eagerly, the chunks run as a host loop over one compiled chunk (convolutional
+    models: faster than unchunked; dense ones: a few percent slower per split, the fixed cost
+    of an XLA:CPU call; README, Benchmarks); under your own `jit` they run as a
     `lax.scan`, where XLA:CPU computes the gradient of convolutions several times slower: with
     convolutional models inside `jit`, prefer `internal_batch_size=None` when memory allows.
     The default (None, as Captum's) puts every path point in one call: for large batches pass

@@ -344,6 +344,18 @@ def test_memory_does_not_grow_with_n_steps_under_jit():
     assert _temp_bytes(400, None) > 4 * _temp_bytes(50, None)  # what chunking prevents
 
 
+def test_chunks_under_jit_embed_no_input_sized_constant():
+    # the scan's zero is staged in the caller's program, not a literal the size of the sum
+    x = jnp.ones((256, 96), jnp.float32)
+    fn = lambda v: jnp.tanh(jnp.tanh(v) @ jnp.full((96, 3), 0.01))
+
+    def ig(x):
+        return integrated_gradients(fn, x, target=1, n_steps=8, internal_batch_size=512)
+
+    consts = jax.make_jaxpr(ig)(x).consts
+    assert max((np.size(c) for c in consts), default=0) < x.size
+
+
 _RSS_SCRIPT = """
 import sys
 import jax.numpy as jnp

@@ -72,16 +72,19 @@ def run(kernel: Callable, finish: Callable, config, operands, like, num_chunks: 
 
     `kernel` and `finish` are module-level functions and `config`'s non-array parts are
     hashable, so the compiled executables are cached across calls. `like` gives the sum's
-    shapes and dtypes (a pytree of arrays or `jax.ShapeDtypeStruct`s); its zero is made in
-    NumPy and travels with the first call, which saves an eager dispatch per leaf.
+    shapes and dtypes (a pytree of arrays or `jax.ShapeDtypeStruct`s): one chunk needs no zero;
+    the host loop's is made in NumPy and travels with the first call (no eager dispatch); the
+    `scan`'s is staged in the caller's trace (not a constant the size of the sum).
     """
-    init = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like)
     static, arrays = partition(config)
-    if num_chunks > 1 and not is_traced((operands, arrays)):
-        acc = init
+    if num_chunks == 1:
+        return _whole(kernel, finish, static, operands, arrays, None, 1)
+    if not is_traced((operands, arrays)):
+        acc = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like)
         for c in range(num_chunks):
             acc = _step(kernel, static, np.int32(c), acc, operands, arrays)
         return _finish(finish, static, acc, operands, arrays)
+    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
     return _whole(kernel, finish, static, operands, arrays, init, num_chunks)
 
 

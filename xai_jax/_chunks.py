@@ -1,4 +1,4 @@
-"""Chunked evaluation: memory that stays flat as the number of path points grows, at full speed.
+"""Chunked evaluation: memory that stays flat as the number of path points grows.
 
 A method splits its work into `num_chunks` equal chunks, `kernel(config, c, operands)` computes
 chunk `c`'s contribution, and `finish(config, total, operands)` turns the sum into the result.
@@ -7,7 +7,8 @@ independent, the same concatenation):
 
 - Called eagerly (concrete operands, no enclosing trace): a host loop over one jitted step,
   `acc + kernel(c)`. Each chunk is a separate XLA call, so peak memory is one chunk's, and every
-  operation runs in XLA's fastest layout. Dispatch is asynchronous: the loop does not wait.
+  operation runs in XLA's fastest layout. Dispatch is asynchronous: the loop does not wait, but
+  every call has XLA:CPU's fixed cost (dense chunks: 1.03-1.20x one call for a split in two).
 - Under a trace (the caller's `jit`, `grad`, `vmap`): a `lax.scan` over chunks, so the pure
   function stays jittable and memory stays bounded inside the caller's program.
 

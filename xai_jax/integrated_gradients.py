@@ -212,10 +212,6 @@ class _Config(NamedTuple):
     num_samples: int = 1
 
 
-def _check_method(method: str, n_steps) -> None:
-    check_rule(method, n_steps)  # raises for an unknown method or too few steps
-
-
 # --------------------------------------------------------------------------------------------
 # integrated_gradients
 
@@ -303,7 +299,7 @@ def integrated_gradients(
         >>> bool(abs(delta[0]) < 1e-5)
         True
     """
-    _check_method(method, n_steps)
+    check_rule(method, n_steps)
     ibs = _check_internal_batch_size(internal_batch_size)
     inputs = _as_inputs(x)
     return _integrated_gradients(
@@ -346,8 +342,8 @@ def _integrated_gradients(
         hidden = _chunks.call(_hidden_ends, config, ops)
         if hidden:
             ops = {**ops, "hidden": hidden}
-        zero = hidden[0] if hidden else ops["x"]  # the sum's shapes
-        return _chunks.run(_ig_chunk, _ig_finish, config, ops, zero, num_chunks)
+        like = hidden[0] if hidden else ops["x"]  # the sum's shapes
+        return _chunks.run(_ig_chunk, _ig_finish, config, ops, like, num_chunks)
 
     if ibs is not None and inputs.batch > ibs and not _chunks.is_traced((ops, fn)):
         return _in_example_blocks(attribute, ops, inputs.batch, ibs)
@@ -479,7 +475,7 @@ def layer_integrated_gradients(
         >>> layer_integrated_gradients(layer_fn, head_fn, x)  # linear head: exactly tanh(2x)
         Array([[ 0.761..., -0.964...]], dtype=float32)
     """
-    _check_method(method, n_steps)
+    check_rule(method, n_steps)
     ibs = _check_internal_batch_size(internal_batch_size)
     inputs = _as_inputs(x)
     kwargs = _as_forward_kwargs(forward_kwargs, inputs.batch)
@@ -555,7 +551,7 @@ def layer_conductance(
         Array([[ 1.5, -3. ]], dtype=float32)
     """
     n_steps = check_positive_int("n_steps", n_steps)
-    _check_method(method, n_steps + 1)
+    check_rule(method, n_steps + 1)
     ibs = _check_internal_batch_size(internal_batch_size)
     inputs = _as_inputs(x)
     model = _Composed(layer_fn, head_fn)
@@ -635,7 +631,7 @@ def neuron_conductance(
         >>> neuron_conductance(layer_fn, head_fn, x, 1, method="gausslegendre", n_steps=2)
         Array([[ 0., -3.]], dtype=float32)
     """
-    _check_method(method, n_steps)
+    check_rule(method, n_steps)
     ibs = _check_internal_batch_size(internal_batch_size)
     inputs = _as_inputs(x)
     model = _Composed(layer_fn, head_fn)

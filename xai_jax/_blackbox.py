@@ -5,67 +5,14 @@ Shared by every method that evaluates a user's model on batches of rows.
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from xai_jax import _chunks
-from xai_jax._checks import is_concrete
-
-
-class Target(NamedTuple):
-    index: jax.Array | None  # flat index into each example's output, [batch] int32
-    valid: jax.Array | None  # [batch] bool, only when the target was traced (cannot raise)
-
-
-def as_target(target, out: jax.ShapeDtypeStruct, batch: int) -> Target:
-    """Flat per-example output index by alibi's rules, range-checked when concrete."""
-    shape = tuple(out.shape[1:])
-    size = math.prod(shape)
-    if target is None:
-        if size != 1:
-            raise ValueError(
-                f"target is required: the model returns {shape} values per example; pass an "
-                "int, an int array [batch]"
-                + (f", or an int matrix [batch, {len(shape)}]" if len(shape) > 1 else "")
-            )
-        return Target(None, None)
-    if not shape:
-        raise ValueError("target must be None: the model returns one value per example")
-    concrete = is_concrete(target)
-    xp = np if concrete else jnp  # concrete targets: checks and index on the host, no dispatch
-    t = xp.asarray(target)
-    if not np.issubdtype(t.dtype, np.integer):
-        raise TypeError(f"target must be integer, got dtype {t.dtype}")
-    if len(shape) == 1:
-        if t.shape not in ((), (batch,)):
-            raise ValueError(f"target must be an int or of shape ({batch},), got {t.shape}")
-        t = xp.broadcast_to(t, (batch,))[:, None]
-    elif t.shape != (batch, len(shape)):
-        raise ValueError(
-            f"target must be an int matrix of shape ({batch}, {len(shape)}) for an output of "
-            f"shape {out.shape}, got {t.shape}"
-        )
-    dims = np.asarray(shape)
-    if concrete:
-        bad = (t < 0) | (t >= dims)
-        if bad.any():
-            rows = np.nonzero(bad.any(axis=1))[0][:5]
-            raise ValueError(
-                f"target out of range for an output of shape {out.shape}: rows {rows.tolist()} "
-                f"have {t[rows].tolist()} (valid: 0 <= target < {shape})"
-            )
-        valid = None
-    else:  # cannot raise on traced data: the example's attribution becomes NaN instead
-        valid = jnp.all((t >= 0) & (t < jnp.asarray(dims, t.dtype)[None]), axis=1)
-    strides = np.cumprod((1, *shape[:0:-1]))[::-1]
-    index = xp.sum(t.astype(np.int32) * strides.astype(np.int32)[None], axis=1, dtype=np.int32)
-    index = jnp.asarray(index)
-    return Target(index, valid)
+from xai_jax._checks import is_concrete, is_traced
 
 
 def model_output(fn: Callable, x, kwargs: dict) -> jax.ShapeDtypeStruct:
@@ -95,7 +42,7 @@ def mark_invalid(tree, valid):
 def call(fn: Callable, x, kwargs: dict):
     """`fn(x, **kwargs)`, compiled (and cached) when called eagerly."""
     static, arrays = _chunks.partition(fn)
-    if _chunks.is_traced((x, kwargs, arrays)):
+    if is_traced((x, kwargs, arrays)):
         return fn(x, **kwargs)
     return _call_jit(static, arrays, x, kwargs)
 

@@ -14,6 +14,7 @@ checked this way.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Sequence
 
@@ -22,9 +23,31 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def is_traced(tree, *, ambient: bool = True) -> bool:
+    """True when a leaf of `tree` is a tracer, or (with `ambient`) a trace is active.
+
+    The one "is this traced" test. `ambient=True` asks "are we inside a transformation?" (the
+    chunking layer picks its schedule by it): under `jit` every operation is staged, even on
+    constants, so a one-element `add` returns a tracer exactly when we are being traced; under
+    eager `grad`/`vmap` it returns an array and the leaves themselves tell (they are tracers
+    when they carry the transformation). `ambient=False` asks "can these values be inspected
+    now?" (a concrete constant met while tracing can: `is_concrete`).
+    """
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree)):
+        return True
+    return ambient and isinstance(jax.lax.add(_zero(), _zero()), jax.core.Tracer)
+
+
+@functools.cache
+def _zero() -> jax.Array:
+    """A concrete int32 0, made once (even when first asked for under a trace)."""
+    with jax.ensure_compile_time_eval():
+        return jnp.int32(0)
+
+
 def is_concrete(value) -> bool:
     """True when `value` holds data we can inspect now (not a tracer under jit/vmap/grad)."""
-    return not isinstance(value, jax.core.Tracer)
+    return not is_traced(value, ambient=False)
 
 
 def check_choice(name: str, value, choices: Sequence[str]) -> str:

@@ -27,24 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def is_traced(operands) -> bool:
-    """True when any operand is a tracer or a trace is active (the caller's `jit`).
-
-    Under `jit` every operation is staged, even on constants, so a one-element `add` returns a
-    tracer exactly when we are being traced; under eager `grad`/`vmap` it returns an array, and
-    the operands themselves tell (they are tracers when they carry the transformation).
-    """
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(operands)):
-        return True
-    return isinstance(jax.lax.add(_zero(), _zero()), jax.core.Tracer)
-
-
-@functools.cache
-def _zero() -> jax.Array:
-    """A concrete int32 0, made once (even when first asked for under a trace)."""
-    with jax.ensure_compile_time_eval():
-        return jnp.int32(0)
+from xai_jax._checks import is_traced
 
 
 def partition(tree) -> tuple[Any, list]:

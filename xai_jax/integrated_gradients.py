@@ -19,13 +19,21 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PyTree
 
 from xai_jax import _affine, _chunks
-from xai_jax._blackbox import as_target, call, mark_invalid, model_output, selected, shape_of
+from xai_jax._blackbox import call, mark_invalid, model_output, selected, shape_of
 from xai_jax._checks import (
-    as_float_array,
     as_key,
     check_choice,
     check_positive,
     check_positive_int,
+    is_traced,
+)
+from xai_jax._inputs import (
+    Inputs,
+    as_background,
+    as_baselines,
+    as_forward_kwargs,
+    as_inputs,
+    as_target,
 )
 from xai_jax.quadrature import _rule, check_rule
 
@@ -34,75 +42,6 @@ NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 # --------------------------------------------------------------------------------------------
 # Inputs, baselines, targets: checked once at the boundary.
-
-
-class _Inputs(NamedTuple):
-    x: Any  # pytree of float arrays with a common leading batch axis
-    batch: int
-
-
-def _as_inputs(x, name: str = "x", finite: bool = True) -> _Inputs:
-    leaves, treedef = jax.tree.flatten(x)
-    if not leaves:
-        raise ValueError(f"{name} must be an array or a non-empty pytree of arrays")
-    leaves = [as_float_array(name, leaf, min_ndim=1, finite=finite) for leaf in leaves]
-    sizes = {leaf.shape[0] for leaf in leaves}
-    if len(sizes) != 1:
-        shapes = [leaf.shape for leaf in leaves]
-        raise ValueError(
-            f"every leaf of {name} needs the same leading batch size, got shapes {shapes}"
-        )
-    batch = sizes.pop()
-    if batch == 0:
-        raise ValueError(f"{name} has an empty batch (leading axis of size 0)")
-    return _Inputs(jax.tree.unflatten(treedef, leaves), batch)
-
-
-def _as_baselines(baselines, x, name: str = "baselines", finite: bool = True):
-    """Baselines with the full shape of `x` (Captum's rules: scalar, `[1, ...]` or `x`'s shape)."""
-    if baselines is None:
-        return jax.tree.map(jnp.zeros_like, x)
-    treedef = jax.tree.structure(x)
-    if jax.tree.structure(baselines) != treedef:
-        if _is_scalar(baselines):
-            baselines = jax.tree.unflatten(treedef, [baselines] * treedef.num_leaves)
-        else:
-            raise ValueError(
-                f"{name} must be None, a scalar, or have the structure of x ({treedef}), "
-                f"got {jax.tree.structure(baselines)}"
-            )
-
-    def one(b, leaf):
-        b = as_float_array(name, b, finite=finite)
-        if b.shape != () and b.shape not in ((1, *leaf.shape[1:]), leaf.shape):
-            raise ValueError(
-                f"{name} must be a scalar or of shape {(1, *leaf.shape[1:])} or {leaf.shape} "
-                f"to match x, got shape {b.shape}"
-            )
-        return jnp.broadcast_to(b.astype(leaf.dtype), leaf.shape)
-
-    return jax.tree.map(one, baselines, x)
-
-
-def _is_scalar(value) -> bool:
-    return isinstance(value, numbers.Number) or getattr(value, "shape", None) == ()
-
-
-def _as_forward_kwargs(forward_kwargs, batch: int) -> dict:
-    if forward_kwargs is None:
-        return {}
-    if not isinstance(forward_kwargs, Mapping):
-        raise TypeError(f"forward_kwargs must be a dict, got {type(forward_kwargs).__name__}")
-    out = {}
-    for name, value in forward_kwargs.items():
-        value = jnp.asarray(value)
-        if value.ndim == 0 or value.shape[0] != batch:
-            raise ValueError(
-                f"forward_kwargs[{name!r}] must have the batch size {batch} as leading axis, "
-                f"got shape {value.shape}"
-            )
-        out[name] = value
-    return out
 
 
 def _check_internal_batch_size(internal_batch_size) -> int | None:
@@ -301,7 +240,7 @@ def integrated_gradients(
     """
     check_rule(method, n_steps)
     ibs = _check_internal_batch_size(internal_batch_size)
-    inputs = _as_inputs(x)
+    inputs = as_inputs(x)
     return _integrated_gradients(
         fn,
         inputs,
@@ -318,7 +257,7 @@ def integrated_gradients(
 
 def _integrated_gradients(
     fn,
-    inputs: _Inputs,
+    inputs: Inputs,
     baselines,
     target,
     method: str,
@@ -345,7 +284,7 @@ def _integrated_gradients(
         like = hidden[0] if hidden else ops["x"]  # the sum's shapes
         return _chunks.run(_ig_chunk, _ig_finish, config, ops, like, num_chunks)
 
-    if ibs is not None and inputs.batch > ibs and not _chunks.is_traced((ops, fn)):
+    if ibs is not None and inputs.batch > ibs and not is_traced((ops, fn)):
         return _in_example_blocks(attribute, ops, inputs.batch, ibs)
     return attribute(ops, inputs.batch)
 
@@ -367,10 +306,10 @@ def _in_example_blocks(attribute: Callable, ops: dict, batch: int, ibs: int):
 
 
 def _ig_operands(
-    model: Callable, inputs: _Inputs, baselines, target, forward_kwargs, finite: bool = True
+    model: Callable, inputs: Inputs, baselines, target, forward_kwargs, finite: bool = True
 ) -> dict:
-    kwargs = _as_forward_kwargs(forward_kwargs, inputs.batch)
-    b = _as_baselines(baselines, inputs.x, finite=finite)
+    kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
+    b = as_baselines(baselines, inputs.x, finite=finite)
     t = as_target(target, model_output(model, inputs.x, kwargs), inputs.batch)
     return {"x": inputs.x, "baselines": b, "index": t.index, "valid": t.valid, "kwargs": kwargs}
 
@@ -477,9 +416,9 @@ def layer_integrated_gradients(
     """
     check_rule(method, n_steps)
     ibs = _check_internal_batch_size(internal_batch_size)
-    inputs = _as_inputs(x)
-    kwargs = _as_forward_kwargs(forward_kwargs, inputs.batch)
-    b = _as_baselines(baselines, inputs.x)
+    inputs = as_inputs(x)
+    kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
+    b = as_baselines(baselines, inputs.x)
     # the target is checked on the whole model's output shape before the layer runs
     as_target(target, model_output(_Composed(layer_fn, head_fn), inputs.x, kwargs), inputs.batch)
     both = jax.tree.map(lambda a, c: jnp.concatenate([a, c]), inputs.x, b)
@@ -491,7 +430,7 @@ def layer_integrated_gradients(
     # to the attributions rather than raise as if `x` held them.
     return _integrated_gradients(
         head_fn,
-        _as_inputs(layer_x, "layer_fn(x)", finite=False),
+        as_inputs(layer_x, "layer_fn(x)", finite=False),
         layer_b,
         target,
         method,
@@ -553,7 +492,7 @@ def layer_conductance(
     n_steps = check_positive_int("n_steps", n_steps)
     check_rule(method, n_steps + 1)
     ibs = _check_internal_batch_size(internal_batch_size)
-    inputs = _as_inputs(x)
+    inputs = as_inputs(x)
     model = _Composed(layer_fn, head_fn)
     ops = _ig_operands(model, inputs, baselines, target, forward_kwargs)
     num_chunks, per_chunk = _add_path_tables(ops, method, n_steps, inputs.batch, ibs, overlap=True)
@@ -633,7 +572,7 @@ def neuron_conductance(
     """
     check_rule(method, n_steps)
     ibs = _check_internal_batch_size(internal_batch_size)
-    inputs = _as_inputs(x)
+    inputs = as_inputs(x)
     model = _Composed(layer_fn, head_fn)
     ops = _ig_operands(model, inputs, baselines, target, forward_kwargs)
     layer = shape_of(layer_fn, inputs.x, ops["kwargs"])
@@ -735,7 +674,7 @@ def smoothgrad(
     check_choice("nt_type", nt_type, NT_TYPES)
     check_positive("stdev", stdev, allow_zero=True)
     size = num_samples if batch_size is None else check_positive_int("batch_size", batch_size)
-    inputs = _as_inputs(x)
+    inputs = as_inputs(x)
     num_chunks, per_chunk = _chunking(num_samples, 1, size)
     ops = {"x": inputs.x, "stdev": jnp.asarray(stdev), "keys": jax.random.split(key, num_samples)}
     config = _Config(attribution_fn, per_chunk=per_chunk, nt_type=nt_type, num_samples=num_samples)
@@ -837,8 +776,8 @@ def expected_gradients(
     num_samples = check_positive_int("num_samples", num_samples)
     check_positive("stdev", stdev, allow_zero=True)
     ibs = _check_internal_batch_size(internal_batch_size)
-    inputs = _as_inputs(x)
-    background = _as_background(background, inputs.x)
+    inputs = as_inputs(x)
+    background = as_background(background, inputs.x)
     ops = _ig_operands(fn, inputs, None, target, None)
     del ops["baselines"]
     num_chunks, per_chunk = _chunking(num_samples, inputs.batch, ibs)
@@ -846,23 +785,6 @@ def expected_gradients(
     ops["keys"] = jax.random.split(key, num_samples)
     config = _Config(fn, per_chunk=per_chunk, num_samples=num_samples)
     return _chunks.run(_expected_chunk, _expected_finish, config, ops, inputs.x, num_chunks)
-
-
-def _as_background(background, x):
-    if jax.tree.structure(background) != jax.tree.structure(x):
-        raise ValueError(
-            f"background must have the structure of x ({jax.tree.structure(x)}), "
-            f"got {jax.tree.structure(background)}"
-        )
-    background = jax.tree.map(lambda b: as_float_array("background", b, min_ndim=1), background)
-    sizes = {b.shape[0] for b in jax.tree.leaves(background)}
-    for b, leaf in zip(jax.tree.leaves(background), jax.tree.leaves(x), strict=True):
-        if b.shape[1:] != leaf.shape[1:] or b.shape[0] == 0 or len(sizes) != 1:
-            raise ValueError(
-                f"background must be rows shaped like x's (one leading axis of the same size "
-                f"for every leaf, at least one row): got {b.shape} for x's {leaf.shape}"
-            )
-    return jax.tree.map(lambda b, leaf: b.astype(leaf.dtype), background, x)
 
 
 def _expected_chunk(config: _Config, c: jax.Array, ops: dict):

@@ -23,17 +23,16 @@ from jaxtyping import Array, Float, Int
 from sklearn.metrics import r2_score
 
 from xai_jax import _chunks
-from xai_jax._blackbox import Target, as_model, as_target, mark_invalid, selected
+from xai_jax._blackbox import as_model, mark_invalid, selected
 from xai_jax._checks import (
-    as_float_array,
     as_row_keys,
     check_choice,
-    check_finite,
     check_positive,
     check_positive_int,
-    is_concrete,
+    is_traced,
 )
 from xai_jax._coalitions import coalitions, shapley_regression
+from xai_jax._inputs import Target, as_feature_vector, as_rows, as_target
 from xai_jax.distances import METRICS, pairwise_distances
 from xai_jax.kernels import exponential_kernel
 from xai_jax.perturbations import _check_segments, bernoulli_perturbation, gaussian_perturbation
@@ -200,24 +199,6 @@ def _chunk_size(num_rows: int, rows_per_instance: int, batch_size: int | None) -
     return max(1, min(num_rows, _ROWS_PER_CHUNK // rows_per_instance))
 
 
-def as_rows(name: str, x) -> jax.Array:
-    """`x` as a floating `[rows, features]` array, or a ValueError naming it."""
-    x = as_float_array(name, x)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [rows, features], got shape {x.shape}")
-    return x
-
-
-def _as_feature_vector(name: str, value, x: jax.Array) -> jax.Array:
-    arr = (np if is_concrete(value) else jnp).asarray(value, x.dtype)
-    if arr.ndim > 1 or arr.size not in (1, x.shape[1]):
-        raise ValueError(
-            f"{name} must be a scalar or one value per feature ({x.shape[1]},), got {arr.shape}"
-        )
-    check_finite(name, arr)
-    return jnp.broadcast_to(arr, x.shape[1:])
-
-
 def lime(
     key: ArrayLike,
     fn: Callable,
@@ -330,8 +311,8 @@ def lime(
         check_positive("scale", scale, allow_zero=True)
         sample = GaussianNeighbourhood(
             num_samples,
-            _as_feature_vector("scale", scale, x),
-            None if mean is None else _as_feature_vector("mean", mean, x),
+            as_feature_vector("scale", scale, x),
+            None if mean is None else as_feature_vector("mean", mean, x),
         )
         extra, num_feats = None, d
     else:
@@ -340,7 +321,7 @@ def lime(
         extra, num_feats = _as_segments(segments, num_segments, x)
         sample = BernoulliNeighbourhood(
             num_samples,
-            _as_feature_vector("baseline", baseline, x),
+            as_feature_vector("baseline", baseline, x),
             None if extra is None else num_feats,
         )
     metric = distance_metric or ("euclidean" if gaussian else "cosine")
@@ -403,7 +384,7 @@ def local_surrogates(
     """
     n = x.shape[0]
     keys = as_row_keys(key, n)
-    if regressor is not None and _chunks.is_traced((x, extra)):
+    if regressor is not None and is_traced((x, extra)):
         raise ValueError(
             "a scikit-learn regressor is fit on the host, outside jit: call lime eagerly, or "
             "use regressor=None (the JAX ridge)"

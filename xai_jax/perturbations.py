@@ -13,11 +13,11 @@ from jaxtyping import Array, Bool, Float, Int
 from xai_jax._checks import (
     as_float_array,
     as_key,
-    check_finite,
     check_positive,
     check_positive_int,
     is_concrete,
 )
+from xai_jax._inputs import as_broadcast
 
 
 def gaussian_perturbation(
@@ -69,8 +69,8 @@ def gaussian_perturbation(
     num_samples = check_positive_int("num_samples", num_samples)
     x = as_float_array("x", x)
     check_positive("scale", scale, allow_zero=True)
-    scale = _broadcast_to_x("scale", scale, x)
-    centre = x if mean is None else _broadcast_to_x("mean", mean, x)
+    scale = as_broadcast("scale", scale, x)
+    centre = x if mean is None else as_broadcast("mean", mean, x)
     noise = standard_normal(key, (num_samples - 1, *x.shape), x.dtype)
     return jnp.concatenate([x[None], centre[None] + scale[None] * noise], axis=0)
 
@@ -133,7 +133,7 @@ def bernoulli_perturbation(
     x = as_float_array("x", x)
     if is_concrete(p) and not 0 <= float(p) <= 1:
         raise ValueError(f"p must be in [0, 1], got {p}")
-    baseline = _broadcast_to_x("baseline", baseline, x)
+    baseline = as_broadcast("baseline", baseline, x)
 
     if segments is None:
         num_features = math.prod(x.shape)
@@ -177,19 +177,6 @@ def _normal_quantiles() -> np.ndarray:
     table = np.array([inv_cdf((i + 0.5) / 65536) for i in range(65536)])
     table.setflags(write=False)
     return table
-
-
-def _broadcast_to_x(name: str, value, x: jax.Array) -> jax.Array:
-    """`value` in `x`'s dtype, broadcast to `x`'s shape (never enlarging it); finite."""
-    arr = jnp.asarray(value, dtype=x.dtype)
-    check_finite(name, arr)
-    try:
-        fits = jnp.broadcast_shapes(arr.shape, x.shape) == x.shape
-    except ValueError:
-        fits = False
-    if not fits:
-        raise ValueError(f"{name} of shape {arr.shape} does not broadcast to x of shape {x.shape}")
-    return jnp.broadcast_to(arr, x.shape)
 
 
 def _check_segments(segments, num_segments, x):

@@ -23,15 +23,12 @@ import xai_jax
 from xai_jax import haiku as xai_haiku
 from xai_jax._blackbox import call
 from xai_jax._checks import as_float_array, check_choice, check_positive, check_positive_int
+from xai_jax._inputs import as_inputs, as_rows
 from xai_jax.contrastive import GRADIENTS, MODES, cem_loss, contrastive_explanation
 from xai_jax.distances import METRICS
-from xai_jax.integrated_gradients import (
-    _as_inputs,
-    integrated_gradients,
-    layer_integrated_gradients,
-)
+from xai_jax.integrated_gradients import integrated_gradients, layer_integrated_gradients
 from xai_jax.kernels import exponential_kernel
-from xai_jax.lime import GaussianNeighbourhood, as_rows, local_surrogates
+from xai_jax.lime import GaussianNeighbourhood, local_surrogates
 from xai_jax.optimizers import aoexpgrad, elastic_net_fista
 from xai_jax.quadrature import METHODS
 
@@ -202,7 +199,7 @@ class IntegratedGradients:
                 and as `integrated_gradients`.
             TypeError: as `integrated_gradients`.
         """
-        inputs = _as_inputs(X, "X").x  # checked before the model runs; integers promoted
+        inputs = as_inputs(X, "X").x  # checked before the model runs; integers promoted
         kwargs = dict(forward_kwargs or {})
         predictions = None
         if target is None and self.target_fn is not None:

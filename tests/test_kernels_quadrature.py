@@ -139,11 +139,11 @@ def test_quadrature_exact_to_its_degree(method, n, coeffs):
 
 
 def test_quadrature_is_computed_once_and_embeds_under_jit():
-    from xai_jax.quadrature import _rule
+    from xai_jax.quadrature import rule
 
-    _rule.cache_clear()
+    rule.cache_clear()
     for _ in range(3):
         quadrature("gausslegendre", 17)
-    assert _rule.cache_info().misses == 1
+    assert rule.cache_info().misses == 1
     out = jax.jit(lambda: quadrature("riemann_middle", 4))()
     np.testing.assert_allclose(np.asarray(out[0]), [0.125, 0.375, 0.625, 0.875])

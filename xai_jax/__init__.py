@@ -4,6 +4,7 @@ Every numerical piece is a pure function that can be `jit`-ted, `vmap`-ped and d
 inside your own code; random functions take an explicit PRNG `key` first.
 """
 
+from xai_jax._version import __version__ as __version__
 from xai_jax.contrastive import ContrastiveResult, cem_loss, contrastive_explanation
 from xai_jax.distances import pairwise_distances
 from xai_jax.estimators import numerical_gradient, urv_gradient
@@ -22,8 +23,6 @@ from xai_jax.perturbations import bernoulli_perturbation, gaussian_perturbation
 from xai_jax.quadrature import quadrature
 from xai_jax.surrogates import RidgeFit, weighted_ridge
 from xai_jax.wrappers import Explanation, ExplanationGenerator, IntegratedGradients, LimeBase
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ContrastiveResult",

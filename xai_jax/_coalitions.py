@@ -16,8 +16,8 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Bool, Float
 
 from xai_jax._checks import as_float_array, as_key, check_positive_int
+from xai_jax._linalg import solve_psd
 from xai_jax.perturbations import random_bits
-from xai_jax.surrogates import _solve_psd
 
 
 def coalitions(
@@ -197,7 +197,7 @@ def _shapley_regression(
     y2 = y - masks[:, -1:] * total_row
     z = masks[:, :-1] - masks[:, -1:]  # [S, M-1]
     zw = z * weights[:, None]
-    phi_rest = _solve_psd(zw.T @ z, zw.T @ y2, 0.0)  # [M-1, k]
+    phi_rest = solve_psd(zw.T @ z, zw.T @ y2, 0.0)  # [M-1, k]
     phi_last = total_row - jnp.sum(phi_rest, axis=0, keepdims=True)
     phi = jnp.concatenate([phi_rest, phi_last], axis=0)
     return phi.reshape((num_features, *values.shape[1:]))

@@ -28,6 +28,15 @@ from xai_jax._checks import (
 )
 from xai_jax.estimators import numerical_gradient, urv_gradient
 
+__all__ = [
+    "CEMLoss",
+    "ContrastiveResult",
+    "GRADIENTS",
+    "MODES",
+    "cem_loss",
+    "contrastive_explanation",
+]
+
 MODES = ("PN", "PP")
 GRADIENTS = ("autodiff", "urv", "numerical")
 

@@ -7,6 +7,8 @@ from jaxtyping import Array, Float
 
 from xai_jax._checks import as_float_array, check_choice
 
+__all__ = ["METRICS", "pairwise_distances"]
+
 METRICS = ("euclidean", "l2", "sqeuclidean", "cosine", "manhattan", "l1", "cityblock")
 
 # Entries of |x|^2 + |y|^2 - 2 x.y below this many units of round-off of |x|^2 + |y|^2 are

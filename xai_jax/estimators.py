@@ -19,6 +19,8 @@ from xai_jax._checks import (
 )
 from xai_jax.perturbations import standard_normal
 
+__all__ = ["numerical_gradient", "urv_gradient"]
+
 # Model inputs evaluated at once are kept near this many bytes: on XLA:CPU buffers above
 # ~16-32 MB are page-fault bound, and smaller ones stay in cache between the build of the
 # perturbed rows and the model's first layer.

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 from jax.extend.core import Var
 from jax.typing import ArrayLike
 
+__all__ = ["split"]
+
 
 class _Stop(Exception):
     """Carries the split module's result out of `apply`, so the rest of the model never runs."""

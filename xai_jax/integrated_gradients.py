@@ -35,7 +35,17 @@ from xai_jax._inputs import (
     as_inputs,
     as_target,
 )
-from xai_jax.quadrature import _rule, check_rule
+from xai_jax.quadrature import check_rule, rule
+
+__all__ = [
+    "NT_TYPES",
+    "expected_gradients",
+    "integrated_gradients",
+    "layer_conductance",
+    "layer_integrated_gradients",
+    "neuron_conductance",
+    "smoothgrad",
+]
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -127,7 +137,7 @@ def _add_path_tables(
     point of chunk `c + 1`.
     """
     num_chunks, per_chunk = _chunking(n, batch, ibs, overlap=int(overlap))
-    alphas, weights = _rule(method, n + 1 if overlap else n)
+    alphas, weights = rule(method, n + 1 if overlap else n)
     total = num_chunks * per_chunk + (1 if overlap else 0)
     pad = total - len(alphas)
     alphas = np.concatenate([alphas, np.full(pad, alphas[-1])])

@@ -10,6 +10,8 @@ from jaxtyping import Array, Float, Int
 
 from xai_jax._checks import as_float_array, check_positive, check_positive_int, is_concrete
 
+__all__ = ["exponential_kernel", "shapley_kernel"]
+
 
 def exponential_kernel(
     distances: Float[ArrayLike, "..."], kernel_width: float | ArrayLike

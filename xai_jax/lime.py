@@ -17,10 +17,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import sklearn.base
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, Int
-from sklearn.metrics import r2_score
 
 from xai_jax import _chunks
 from xai_jax._blackbox import as_model, mark_invalid, selected
@@ -32,11 +30,24 @@ from xai_jax._checks import (
     is_traced,
 )
 from xai_jax._coalitions import coalitions, shapley_regression
+from xai_jax._features import check_segments
 from xai_jax._inputs import Target, as_feature_vector, as_rows, as_target
 from xai_jax.distances import METRICS, pairwise_distances
 from xai_jax.kernels import exponential_kernel
-from xai_jax.perturbations import _check_segments, bernoulli_perturbation, gaussian_perturbation
+from xai_jax.perturbations import bernoulli_perturbation, gaussian_perturbation
 from xai_jax.surrogates import SELECTION_METHODS, select_features, weighted_ridge
+
+__all__ = [
+    "BernoulliNeighbourhood",
+    "GaussianNeighbourhood",
+    "LimeResult",
+    "PERTURBATIONS",
+    "fit_surrogate",
+    "kernel_shap",
+    "lime",
+    "local_surrogates",
+    "select",
+]
 
 PERTURBATIONS = ("gaussian", "bernoulli")
 
@@ -176,6 +187,9 @@ def _fit_regressor(regressor, Z, y, weights, keep) -> LimeResult:
 
     `y` is `[n, S]` or `[n, S, k]`; `score` is the weighted R^2 of each output.
     """
+    import sklearn.base  # loaded only when a scikit-learn regressor is used
+    from sklearn.metrics import r2_score
+
     Z, y, weights, keep = (np.asarray(a) for a in (Z, y, weights, keep))
     tail = y.shape[2:]
     if Z.shape[0] == 0:  # no rows: an empty result of the right shapes
@@ -422,7 +436,7 @@ def _as_segments(segments, num_segments, x: jax.Array):
         raise ValueError(
             f"segments must have shape ({d},) or ({n}, {d}) for x {x.shape}, got {seg.shape}"
         )
-    seg, num = _check_segments(seg, num_segments, jnp.zeros(seg.shape, x.dtype))
+    seg, num = check_segments(seg, num_segments, jnp.zeros(seg.shape, x.dtype))
     return jnp.broadcast_to(seg, (n, d)), num
 
 

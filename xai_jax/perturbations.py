@@ -17,7 +17,10 @@ from xai_jax._checks import (
     check_positive_int,
     is_concrete,
 )
+from xai_jax._features import check_segments
 from xai_jax._inputs import as_broadcast
+
+__all__ = ["bernoulli_perturbation", "gaussian_perturbation", "random_bits", "standard_normal"]
 
 
 def gaussian_perturbation(
@@ -138,7 +141,7 @@ def bernoulli_perturbation(
     if segments is None:
         num_features = math.prod(x.shape)
     else:
-        segments, num_features = _check_segments(segments, num_segments, x)
+        segments, num_features = check_segments(segments, num_segments, x)
 
     masks = _bernoulli_bits(key, p, (num_samples - 1, num_features))
     masks = jnp.concatenate([jnp.ones((1, num_features), bool), masks], axis=0)
@@ -177,29 +180,6 @@ def _normal_quantiles() -> np.ndarray:
     table = np.array([inv_cdf((i + 0.5) / 65536) for i in range(65536)])
     table.setflags(write=False)
     return table
-
-
-def _check_segments(segments, num_segments, x):
-    segments = jnp.asarray(segments)
-    if not jnp.issubdtype(segments.dtype, jnp.integer):
-        raise TypeError(f"segments must be an integer label map, got dtype {segments.dtype}")
-    if segments.shape != x.shape[: segments.ndim]:
-        raise ValueError(
-            f"segments of shape {segments.shape} must match x {x.shape} or its leading axes"
-        )
-    if is_concrete(segments):
-        labels = np.asarray(segments)
-        if labels.size == 0:
-            raise ValueError("segments is empty")
-        if labels.min() < 0:
-            raise ValueError(f"segments labels must be >= 0, got {labels.min()}")
-        if num_segments is None:
-            num_segments = int(labels.max()) + 1
-        elif labels.max() >= num_segments:
-            raise ValueError(f"segments has label {labels.max()} but num_segments={num_segments}")
-    elif num_segments is None:
-        raise ValueError("num_segments is required when segments is traced (under jit)")
-    return segments, check_positive_int("num_segments", num_segments)
 
 
 def _bernoulli_bits(key: jax.Array, p, shape: tuple[int, ...]) -> jax.Array:

@@ -9,6 +9,8 @@ from jaxtyping import Array, Float
 
 from xai_jax._checks import check_choice, check_positive_int
 
+__all__ = ["METHODS", "check_rule", "quadrature", "rule"]
+
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
 
@@ -53,7 +55,7 @@ def quadrature(
         >>> weights
         Array([0.1, 0.2, 0.2, 0.2, 0.1], dtype=float32)
     """
-    alphas, weights = _rule(method, check_rule(method, n_steps))
+    alphas, weights = rule(method, check_rule(method, n_steps))
     dtype = jnp.result_type(float)
     with jax.ensure_compile_time_eval():
         return jnp.asarray(alphas, dtype), jnp.asarray(weights, dtype)
@@ -66,7 +68,8 @@ def check_rule(method: str, n_steps) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def _rule(method: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+def rule(method: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(alphas, weights)` of a checked rule as read-only float64 NumPy arrays, cached."""
     alphas, weights = _rule_uncached(method, n)
     alphas.setflags(write=False)  # cached: nobody may change them
     weights.setflags(write=False)

@@ -43,6 +43,8 @@ from jaxtyping import Array, PyTree, Shaped
 from xai_jax import _chunks
 from xai_jax._checks import as_row_keys, check_finite, is_concrete
 
+__all__ = ["explain_sharded"]
+
 
 def explain_sharded(
     method_fn: Callable[..., PyTree[Array]],

@@ -1,6 +1,5 @@
 """Weighted ridge regression (the local surrogate lime fits) and lime's feature selection."""
 
-import numbers
 from typing import NamedTuple
 
 import jax
@@ -16,6 +15,9 @@ from xai_jax._checks import (
     check_positive_int,
     is_concrete,
 )
+from xai_jax._linalg import solve_psd
+
+__all__ = ["RidgeFit", "SELECTION_METHODS", "select_features", "weighted_ridge"]
 
 
 class RidgeFit(NamedTuple):
@@ -106,7 +108,7 @@ def weighted_ridge(
         Xc, yc = X, targets
     Xw = Xc * w[:, None]
     gram = Xw.T @ Xc
-    coef = _solve_psd(gram, Xw.T @ yc, alpha)  # [d, k]
+    coef = solve_psd(gram, Xw.T @ yc, alpha)  # [d, k]
     intercept = (y_mean - x_mean @ coef)[0] if fit_intercept else jnp.zeros(coef.shape[1], dtype)
 
     residual = targets - (X @ coef + intercept[None])
@@ -118,19 +120,6 @@ def weighted_ridge(
     if y.ndim == 1:
         return RidgeFit(coef[:, 0], intercept[0], score[0].astype(dtype))
     return RidgeFit(coef.T, intercept, score.astype(dtype))
-
-
-def _solve_psd(gram: jax.Array, rhs: jax.Array, alpha) -> jax.Array:
-    """Solve `(gram + alpha I) beta = rhs` for a symmetric positive semi-definite `gram`."""
-    eye = jnp.eye(gram.shape[0], dtype=gram.dtype)
-    if isinstance(alpha, numbers.Real) and alpha > 0:
-        factor = jax.scipy.linalg.cho_factor(gram + alpha * eye)
-        return jax.scipy.linalg.cho_solve(factor, rhs)
-    # Minimum-norm solution: drop directions whose eigenvalue is round-off.
-    evals, evecs = jnp.linalg.eigh(gram + jnp.asarray(alpha, gram.dtype) * eye)
-    cutoff = jnp.max(jnp.abs(evals)) * gram.shape[0] * jnp.finfo(gram.dtype).eps
-    inverse = jnp.where(evals > cutoff, 1 / jnp.where(evals > cutoff, evals, 1), 0)
-    return evecs @ (inverse[:, None] * (evecs.T @ rhs))
 
 
 SELECTION_METHODS = ("none", "highest_weights", "forward_selection", "lasso_path", "auto")
@@ -223,7 +212,7 @@ def select_features(
         return jnp.ones(d, bool)
     gram, xy, yy = _weighted_centred_moments(X, y, w)
     if method == "highest_weights":
-        coef = _solve_psd(gram, xy[:, None], 0.01)[:, 0]
+        coef = solve_psd(gram, xy[:, None], 0.01)[:, 0]
         return _top_k_mask(jnp.abs(coef * X[0]), num_features)
     if method == "forward_selection":
         return _forward_selection(gram, xy, yy, num_features)
@@ -265,7 +254,7 @@ def _forward_selection(gram, xy, yy, num_features):
 
     def r2_with(used, j):
         mask = used | (features == j)
-        coef = _solve_psd(_masked_gram(gram, mask), jnp.where(mask, xy, 0)[:, None], 0.0)[:, 0]
+        coef = solve_psd(_masked_gram(gram, mask), jnp.where(mask, xy, 0)[:, None], 0.0)[:, 0]
         ss_res = yy - 2 * coef @ xy + coef @ (gram @ coef)
         ok = yy > 0
         # r2_score's convention for constant targets: 1 for a perfect fit, else 0
@@ -344,7 +333,7 @@ def _lars_pass(gram, xy, n_samples, num_features, s: _LarsState) -> _LarsState:
     # entering column, its Schur complement; the bordered system then needs no second solve.
     column = jnp.where(s.active, gram[:, enter], 0)
     sign = jnp.where(s.active, s.sign, 0)
-    sol = _solve_psd(_masked_gram(gram, s.active), jnp.stack([sign, column], axis=1), 0.0)
+    sol = solve_psd(_masked_gram(gram, s.active), jnp.stack([sign, column], axis=1), 0.0)
     ls_old, u = sol[:, 0], sol[:, 1]
     pivot = gram[enter, enter]
     schur = pivot - column @ u

@@ -12,18 +12,15 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from jax.tree_util import Partial
 
-import xai_jax
-from xai_jax import haiku as xai_haiku
 from xai_jax._blackbox import call
 from xai_jax._checks import as_float_array, check_choice, check_positive, check_positive_int
 from xai_jax._inputs import as_inputs, as_rows
+from xai_jax._version import __version__
 from xai_jax.contrastive import GRADIENTS, MODES, cem_loss, contrastive_explanation
 from xai_jax.distances import METRICS
 from xai_jax.integrated_gradients import integrated_gradients, layer_integrated_gradients
@@ -31,6 +28,8 @@ from xai_jax.kernels import exponential_kernel
 from xai_jax.lime import GaussianNeighbourhood, local_surrogates
 from xai_jax.optimizers import aoexpgrad, elastic_net_fista
 from xai_jax.quadrature import METHODS
+
+__all__ = ["Explanation", "ExplanationGenerator", "IntegratedGradients", "LimeBase"]
 
 
 class Explanation:
@@ -65,6 +64,13 @@ def _jsonable(value):
     if isinstance(value, jax.Array | np.ndarray | np.generic):
         return np.asarray(value).tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _is_haiku_model(value) -> bool:
+    """True for an `hk.Transformed`; haiku is not imported for it (a model made with haiku has
+    already imported it, so when haiku is not loaded, `value` cannot be one)."""
+    hk = sys.modules.get("haiku")
+    return hk is not None and isinstance(value, hk.Transformed)
 
 
 def _apply(apply: Callable, params, x, **kwargs):
@@ -125,7 +131,7 @@ class IntegratedGradients:
 
     def reset_predictor(self, model) -> None:
         """Use another model (same forms as the constructor's `model`)."""
-        if isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], hk.Transformed):
+        if isinstance(model, tuple) and len(model) == 2 and _is_haiku_model(model[0]):
             self._haiku = model
             self._model = Partial(_apply, model[0].apply, model[1])
         elif callable(model):
@@ -149,7 +155,9 @@ class IntegratedGradients:
                         "(hk.Transformed, params) pair"
                     )
                 transformed, params = self._haiku
-                self._splits[to_inputs] = xai_haiku.split(
+                from xai_jax.haiku import split  # haiku loads with the first haiku model
+
+                self._splits[to_inputs] = split(
                     transformed, params, self.layer, attribute_to_inputs=to_inputs
                 )
             elif (
@@ -234,7 +242,7 @@ class IntegratedGradients:
                     "layer": self.layer if isinstance(self.layer, str | None) else "callable",
                     "attribute_to_layer_inputs": bool(attribute_to_layer_inputs),
                 },
-                "version": xai_jax.__version__,
+                "version": __version__,
             },
             data={
                 "attributions": _as_list(attributions),
@@ -513,6 +521,8 @@ class ExplanationGenerator:
         optimizer = self.optimizer(**opt_kwargs, **bounds)
         if progress is None:
             progress = self.num_iter >= 1000 and sys.stderr.isatty()
+        import tqdm  # loaded when a generator runs
+
         bar = tqdm.tqdm(total=self.num_iter, disable=not progress)
 
         def advance(done: int):

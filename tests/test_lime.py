@@ -276,7 +276,7 @@ def test_kernel_shap_matches_shap_and_exact_values():
 
 
 def test_kernel_shap_splits_many_background_rows_into_pieces(monkeypatch):
-    lime_module = sys.modules["xai_jax.lime"]  # `xai_jax.lime` is the function
+    shap_module = sys.modules["xai_jax.kernel_shap"]  # `xai_jax.kernel_shap` is the function
 
     x, bg = (
         jax.random.normal(jax.random.key(0), (2, 6)),
@@ -284,7 +284,7 @@ def test_kernel_shap_splits_many_background_rows_into_pieces(monkeypatch):
     )
     f = lambda z: jnp.tanh(z).prod(1)
     whole = kernel_shap(jax.random.key(0), f, x, bg, num_samples=40)
-    monkeypatch.setattr(lime_module, "_MAX_ROWS_PER_CALL", 50)  # 5 coalitions per model call
+    monkeypatch.setattr(shap_module, "_MAX_ROWS_PER_CALL", 50)  # 5 coalitions per model call
     pieces = kernel_shap(jax.random.key(0), f, x, bg, num_samples=40)
     np.testing.assert_allclose(pieces, whole, rtol=1e-5, atol=1e-7)
 

@@ -16,8 +16,13 @@ from xai_jax.integrated_gradients import (
     neuron_conductance,
     smoothgrad,
 )
+
+# `xai_jax.kernel_shap` (like `xai_jax.lime`) is the function: importing it from its submodule
+# rebinds the package attribute the submodule's first import set, and later imports of the
+# submodule find it in `sys.modules` and leave the attribute alone.
+from xai_jax.kernel_shap import kernel_shap
 from xai_jax.kernels import exponential_kernel, shapley_kernel
-from xai_jax.lime import LimeResult, kernel_shap, lime
+from xai_jax.lime import LimeResult, lime
 from xai_jax.optimizers import aoexpgrad, elastic_net_fista
 from xai_jax.perturbations import bernoulli_perturbation, gaussian_perturbation
 from xai_jax.quadrature import quadrature

@@ -15,10 +15,55 @@ from xai_jax import _chunks
 from xai_jax._checks import is_concrete, is_traced
 
 
-def model_output(fn: Callable, x, kwargs: dict) -> jax.ShapeDtypeStruct:
+def check_output(name: str, out, num_rows: int, given, *, floating: bool = True) -> None:
+    """Raise unless `out`, the shapes `name` returned for `num_rows` input rows (shapes
+    `given`), is one array with one output row per input row, of floating dtype (`floating`:
+    it is differentiated) or of real numbers. The one output check of every method."""
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise TypeError(
+            f"{name} must return one array with one output row per input row, got {out} for "
+            f"input of shape {given}"
+        )
+    if out.ndim == 0 or out.shape[0] != num_rows:
+        got = "no batch axis" if out.ndim == 0 else f"{out.shape[0]} rows"
+        raise ValueError(
+            f"{name} must return one output row per input row: it returned shape {out.shape} "
+            f"({got}) for {num_rows} input rows of shape {given}"
+        )
+    if floating and not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must return floating outputs (they are differentiated), got dtype "
+            f"{out.dtype} (shape {out.shape}) for input of shape {given}"
+        )
+    real = np.issubdtype(out.dtype, np.number) or out.dtype == np.bool_
+    if not real or jnp.issubdtype(out.dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must return real numbers, got dtype {out.dtype}")
+
+
+def _shapes(x):
+    leaves = jax.tree.leaves(x)
+    if len(leaves) == 1 and jax.tree.structure(x).num_nodes == 1:
+        return tuple(leaves[0].shape)
+    return jax.tree.map(lambda leaf: tuple(leaf.shape), x)
+
+
+def model_output(fn: Callable, x, kwargs: dict, name: str = "fn") -> jax.ShapeDtypeStruct:
+    """`fn(x, **kwargs)`'s shape, checked: one floating array with one row per row of `x`."""
     out = shape_of(fn, x, kwargs)
-    if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim == 0:
-        raise TypeError(f"fn must return one array with a leading batch axis, got {out}")
+    check_output(name, out, jax.tree.leaves(x)[0].shape[0], _shapes(x))
+    return out
+
+
+def rows_output(fn: Callable, x, kwargs: dict, name: str):
+    """`fn(x, **kwargs)`'s shapes (any pytree: a layer), checked: one row per row of `x`."""
+    out = shape_of(fn, x, kwargs)
+    num_rows = jax.tree.leaves(x)[0].shape[0]
+    leaves = jax.tree.leaves(out)
+    if not leaves or any(leaf.ndim == 0 or leaf.shape[0] != num_rows for leaf in leaves):
+        raise ValueError(
+            f"{name} must return one output row per input row (every leaf): it returned "
+            f"{_shapes(out) if leaves else out} for {num_rows} input rows of shape {_shapes(x)}"
+        )
     return out
 
 
@@ -105,25 +150,21 @@ def as_model(fn: Callable, x: jax.Array, num_rows: int) -> tuple[Callable, jax.S
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     rows = jax.ShapeDtypeStruct((num_rows, *x.shape[1:]), x.dtype)
     try:
-        out = shape_of(fn, rows, {})
-        model = fn
+        return fn, _checked(shape_of(fn, rows, {}), num_rows, rows.shape)
     except _NOT_JAX:
-        probe = np.zeros((2, *x.shape[1:]), x.dtype)
-        if is_concrete(x) and x.shape[0]:
-            probe[:] = np.asarray(x)[np.minimum(np.arange(2), x.shape[0] - 1)]
-        result = np.asarray(fn(probe))
-        if result.ndim == 0 or result.shape[0] != 2:
-            raise ValueError(
-                f"fn must return one output row per input row: it returned shape "
-                f"{result.shape} for 2 rows"
-            ) from None
-        if not np.issubdtype(result.dtype, np.number) or np.iscomplexobj(result):
-            raise TypeError(f"fn must return real numbers, got dtype {result.dtype}") from None
-        model = HostFunction(fn, result.shape[1:], np.dtype(x.dtype))
-        out = jax.ShapeDtypeStruct((num_rows, *result.shape[1:]), x.dtype)
-    if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim == 0 or out.shape[0] != num_rows:
-        raise ValueError(
-            f"fn must return one array with one output row per input row: it returned {out} "
-            f"for {num_rows} rows"
-        )
+        pass
+    probe = np.zeros((2, *x.shape[1:]), x.dtype)
+    if is_concrete(x) and x.shape[0]:
+        probe[:] = np.asarray(x)[np.minimum(np.arange(2), x.shape[0] - 1)]
+    result = np.asarray(fn(probe))
+    if not np.issubdtype(result.dtype, np.number) and result.dtype != np.bool_:
+        raise TypeError(f"fn must return real numbers, got dtype {result.dtype}")
+    _checked(jax.ShapeDtypeStruct(result.shape, result.dtype), 2, probe.shape)
+    model = HostFunction(fn, result.shape[1:], np.dtype(x.dtype))
+    out = jax.ShapeDtypeStruct((num_rows, *result.shape[1:]), x.dtype)
     return model, out
+
+
+def _checked(out, num_rows: int, given) -> jax.ShapeDtypeStruct:
+    check_output("fn", out, num_rows, given, floating=False)
+    return out

@@ -1,9 +1,18 @@
-"""Chunked evaluation: memory that stays flat as the number of path points grows.
+"""Chunked evaluation, the one layer for it: a kernel over N rows (or steps) in chunks of C.
 
-A method splits its work into `num_chunks` equal chunks, `kernel(config, c, operands)` computes
-chunk `c`'s contribution, and `finish(config, total, operands)` turns the sum into the result.
-Two schedules compute exactly the same sum (and `map_rows`, for methods whose rows are
-independent, the same concatenation):
+Every method that bounds its memory goes through here; none writes a padding loop or a
+`lax.map` of its own. Two shapes of work:
+
+- `run`: a sum. `kernel(config, c, operands)` computes chunk `c`'s contribution and
+  `finish(config, total, operands)` turns the sum into the result (IG's path points, URV's
+  directions).
+- `map_rows`: independent rows. `kernel(config, rows_chunk)` maps `C` rows to `C` outputs and
+  the chunks are stacked (LIME's instances, finite-difference pairs); `map_traced` is its
+  schedule under a trace, for a kernel that is itself already traced (KernelSHAP's coalitions
+  inside one chunk of instances).
+
+The last chunk is padded by one helper, `gather_rows` (repeating the last row: valid data, so
+padding cannot produce NaN), and cut off. Two schedules compute exactly the same sum or stack:
 
 - Called eagerly (concrete operands, no enclosing trace): a host loop over one jitted step,
   `acc + kernel(c)`. Each chunk is a separate XLA call, so peak memory is one chunk's, and every
@@ -27,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xai_jax._checks import is_traced
+from xai_jax._checks import check_positive_int, is_traced
 
 
 def partition(tree) -> tuple[Any, list]:
@@ -49,6 +58,20 @@ def combine(static, arrays: list):
     arrays = iter(arrays)
     leaves = [next(arrays) if a else v for a, v in zip(is_array, leaves, strict=True)]
     return jax.tree.unflatten(treedef, leaves)
+
+
+# Model rows per compiled chunk of a perturbation method: inputs and activations of a small
+# dense model stay in the ~16-32 MB where buffers are still cheap on XLA:CPU (larger ones
+# page-fault).
+ROWS_PER_CHUNK = 2**15
+
+
+def instances_per_chunk(num_instances: int, rows_per_instance: int, batch_size: int | None) -> int:
+    """Instances per chunk for `map_rows`: `batch_size` when given (checked), else as many as
+    keep a chunk near `ROWS_PER_CHUNK` model rows (at least one)."""
+    if batch_size is not None:
+        return check_positive_int("batch_size", batch_size)
+    return max(1, min(num_instances, ROWS_PER_CHUNK // rows_per_instance))
 
 
 def run(kernel: Callable, finish: Callable, config, operands, like, num_chunks: int):
@@ -76,6 +99,13 @@ def call(f: Callable, config, operands):
     """`f(config, operands)`, compiled and cached as the chunks are."""
     static, arrays = partition(config)
     return _call(f, static, operands, arrays)
+
+
+def shape_of(f: Callable, config, operands):
+    """`f(config, operands)`'s shapes and dtypes, traced once per `f`, config and input shapes
+    (the cache of `call`'s executable), so an eager method's second call traces nothing."""
+    static, arrays = partition(config)
+    return _call.eval_shape(f, static, operands, arrays)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -134,11 +164,15 @@ def map_rows(kernel: Callable, config, rows, num_rows: int, chunk: int):
             _map_step(kernel, static, chunk, np.int32(c), rows, arrays) for c in range(num_chunks)
         ]
         return jax.tree.map(lambda *p: jnp.concatenate(p)[:num_rows], *parts)
-    return _map_whole(kernel, static, chunk, num_chunks, rows, arrays)
+    return _map_whole(kernel, static, chunk, rows, arrays)
 
 
 def gather_rows(rows, chunk: int, c: jax.Array):
-    """Rows `[c * chunk, (c + 1) * chunk)` of every leaf, past the end repeating the last row."""
+    """Rows `[c * chunk, (c + 1) * chunk)` of every leaf, past the end repeating the last row.
+
+    The one padding rule of the package: a padded row is a copy of real input, so it cannot
+    produce NaN or call the model on data it never sees; callers cut the padding off.
+    """
     num_rows = jax.tree.leaves(rows)[0].shape[0]
     index = jnp.minimum(c * chunk + jnp.arange(chunk, dtype=jnp.int32), num_rows - 1)
     return jax.tree.map(lambda leaf: leaf[index], rows)
@@ -149,14 +183,24 @@ def _map_step(kernel: Callable, static, chunk: int, c: jax.Array, rows, arrays):
     return kernel(combine(static, arrays), gather_rows(rows, chunk, c))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _map_whole(kernel: Callable, static, chunk: int, num_chunks: int, rows, arrays):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _map_whole(kernel: Callable, static, chunk: int, rows, arrays):
     config = combine(static, arrays)
+    return map_traced(lambda r: kernel(config, r), rows, chunk)
+
+
+def map_traced(kernel: Callable, rows, chunk: int):
+    """`kernel(rows_chunk)` over chunks of `chunk` rows inside a trace, stacked: `[num_rows, ...]`.
+
+    `map_rows`' schedule under a trace, for callers already inside one (a kernel that chunks
+    its own work further): one `lax.map` over the chunks (one compiled body, memory of one
+    chunk), the last chunk padded by `gather_rows` and cut off; one chunk is a plain call.
+    """
     num_rows = jax.tree.leaves(rows)[0].shape[0]
-    if num_chunks == 1:
-        return kernel(config, rows)
+    if chunk >= num_rows:
+        return kernel(rows)
+    num_chunks = -(-num_rows // chunk)
     out = jax.lax.map(
-        lambda c: kernel(config, gather_rows(rows, chunk, c)),
-        jnp.arange(num_chunks, dtype=jnp.int32),
+        lambda c: kernel(gather_rows(rows, chunk, c)), jnp.arange(num_chunks, dtype=jnp.int32)
     )
     return jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:])[:num_rows], out)

@@ -1,8 +1,9 @@
 """KernelSHAP's two numerical pieces: the coalitions it evaluates and the regression it solves.
 
 `coalitions` reproduces the sample design of shap's `KernelExplainer.explain` and
-`shapley_regression` its `solve` (without the optional L1 feature selection). `kernel_shap`
-evaluates the model on the coalitions between the two.
+`shapley_regression` its `solve` (without the optional L1 feature selection).
+`xai_jax.kernel_shap` evaluates the model on the coalitions between the two. The kernel's
+weights come from `size_weight`, which `xai_jax.kernels.shapley_kernel` uses too.
 """
 
 import functools
@@ -226,6 +227,16 @@ def _smallest(bits: jax.Array, size: jax.Array) -> jax.Array:
 _MAX_FEATURES_COUNTING_RANKS = 32
 
 
+def size_weight(num_features: int, size: int) -> float:
+    """The Shapley kernel summed over the `binom(M, s)` coalitions of one size: shap's per-size
+    weight `(M - 1) / (s (M - s))`, in float64 with shap's operations, for `0 < s < M`.
+
+    The one source of the kernel: `kernels.shapley_kernel` divides it by `binom(M, s)` (in
+    log space), and the coalition design below normalises it over the size classes.
+    """
+    return (num_features - 1) / (size * (num_features - size))
+
+
 class _Design:
     """The key-independent part of `coalitions` for one `(M, num_samples)`."""
 
@@ -234,7 +245,7 @@ class _Design:
         budget = min(num_samples, 2**m - 2)
         num_classes = math.ceil((m - 1) / 2)
         num_paired = (m - 1) // 2  # classes {s, M - s} with s != M - s
-        weight = np.array([(m - 1) / (s * (m - s)) for s in range(1, num_classes + 1)])
+        weight = np.array([size_weight(m, s) for s in range(1, num_classes + 1)])
         weight[:num_paired] *= 2
         weight /= np.sum(weight)
 

@@ -2,6 +2,7 @@
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
+from xai_jax import _chunks
 from xai_jax._checks import (
     as_float_array,
     as_key,
@@ -39,9 +41,11 @@ def numerical_gradient(
 
     `grad[b, ..., f] = (fn(x_b + h_f e_f) - fn(x_b - h_f e_f)) / (2 h_f)` for every example `b`,
     every output entry and every feature `f` (any feature shape). All `2 F` perturbed copies of
-    every example are evaluated as 2-D batches of `batch_size` rows, inside one `lax.map`, so memory
-    stays bounded whatever the batch and feature count, and the whole function is jittable and
-    differentiable.
+    every example are evaluated as batches of `batch_size` rows (`xai_jax._chunks.map_rows`: a
+    host loop over one compiled chunk when called eagerly, compiled once per shapes and options,
+    and a `lax.map` under `jit`), so memory stays bounded whatever the batch and feature count,
+    and the whole function is jittable and differentiable. An integer- or boolean-valued `fn`
+    is differenced in `x`'s floating dtype.
 
     The denominator is the step actually taken in floating point, `(x + h) - (x - h)`, rather
     than `2 h`: that removes the representation error of the step from every estimate.
@@ -53,10 +57,13 @@ def numerical_gradient(
         x: `[B, *features]` points.
         eps: step size; a positive scalar, one per feature (shape `[F]` or `features`). None
             picks `cbrt(machine eps) * max(1, |x|)` per entry (about 4.9e-3 for float32 inputs
-            of unit scale, 6.1e-6 for float64), which balances truncation against round-off;
-            alibi's 1e-8 default is below float32 resolution and returns zeros.
+            of unit scale, 6.1e-6 for float64), which balances truncation against round-off.
+            A concrete `eps` the dtype cannot resolve at some entry (`x + eps == x - eps`, as
+            alibi's 1e-8 default in float32 at |x| >= 0.2) raises.
         args: extra positional arguments for `fn`, passed unchanged to every call.
-        batch_size: rows per model call (a multiple of 2); None sizes calls near 8 MB of input.
+        batch_size: model rows per call (the package's unit for batch sizes; rounded down to
+            a multiple of 2, one `+h` and one `-h` row per pair); None sizes calls near 8 MB
+            of input.
 
     Returns:
         `[B, *outputs, *features]` estimates, in `x`'s floating dtype; empty (`fn` not called
@@ -64,8 +71,8 @@ def numerical_gradient(
 
     Raises:
         ValueError: `x` without a batch axis, `eps` that is not positive and finite or has the
-            wrong shape, `batch_size < 2`, NaN/inf in a concrete `x` (traced ones give
-            non-finite estimates in their rows).
+            wrong shape, or below the dtype's resolution at a concrete `x`, `batch_size < 2`,
+            NaN/inf in a concrete `x` (traced ones give non-finite estimates in their rows).
 
     Example:
         >>> import jax.numpy as jnp, numpy as np
@@ -80,7 +87,7 @@ def numerical_gradient(
     num_features = math.prod(feature_shape)
     flat = x.reshape(batch, num_features)
     steps = _steps(eps, flat, feature_shape)  # [B, F] or broadcastable
-    out_shape = jax.eval_shape(lambda z: fn(z, *args), x).shape
+    out_shape = _chunks.shape_of(_apply, (fn, args), x).shape
     if out_shape[:1] != (batch,):
         raise ValueError(f"fn must return a leading batch axis of {batch}, got shape {out_shape}")
 
@@ -94,25 +101,65 @@ def numerical_gradient(
     num_chunks = -(-num_pairs // pairs_per_chunk)
     pairs_per_chunk = -(-num_pairs // num_chunks)  # same chunk count, least padding
     steps = jnp.broadcast_to(steps, flat.shape)
+    if eps is not None:
+        _check_resolved(eps, flat, steps)
 
-    def chunk(start):
-        # Pairs past the end (padding of the last chunk) repeat the last pair; trimmed below.
-        pair = jnp.minimum(start + jnp.arange(pairs_per_chunk), num_pairs - 1)
-        row, feature = pair // num_features, pair % num_features
-        base = flat[row]
-        hot = jnp.arange(num_features)[None, :] == feature[:, None]
-        h = steps[row, feature][:, None]
-        plus, minus = base + jnp.where(hot, h, 0), base - jnp.where(hot, h, 0)
-        taken = jnp.sum(jnp.where(hot, plus - minus, 0), axis=1)
-        inputs = jnp.concatenate([plus, minus]).reshape(2 * pairs_per_chunk, *feature_shape)
-        out = jnp.asarray(fn(inputs, *args)).reshape(2 * pairs_per_chunk, -1)
-        diff = out[:pairs_per_chunk] - out[pairs_per_chunk:]
-        return diff / taken[:, None].astype(diff.dtype)
-
-    grads = _map_chunks(chunk, num_chunks, pairs_per_chunk)
-    grads = grads.reshape(num_chunks * pairs_per_chunk, -1)[:num_pairs]
+    config = _Differences(fn, args, flat, steps, feature_shape)
+    pairs = jnp.arange(num_pairs, dtype=jnp.int32)
+    grads = _chunks.map_rows(_differences, config, pairs, num_pairs, pairs_per_chunk)
     grads = grads.reshape(batch, num_features, -1).transpose(0, 2, 1)
     return grads.reshape(out_shape + feature_shape)
+
+
+class _Differences(NamedTuple):
+    fn: Callable
+    args: tuple
+    flat: jax.Array  # [B, F] the points
+    steps: jax.Array  # [B, F] the step of every entry
+    feature_shape: tuple[int, ...]
+
+
+def _apply(model: tuple, x: jax.Array) -> jax.Array:
+    fn, args = model
+    return jnp.asarray(fn(x, *args))
+
+
+def _differences(config: _Differences, pair: jax.Array) -> jax.Array:
+    """Central differences of a chunk of `(row, feature)` pairs (flat indices): `[P, outputs]`."""
+    num_features = config.flat.shape[1]
+    num = pair.shape[0]
+    row, feature = pair // num_features, pair % num_features
+    base = config.flat[row]
+    hot = jnp.arange(num_features, dtype=jnp.int32)[None, :] == feature[:, None]
+    h = config.steps[row, feature][:, None]
+    plus, minus = base + jnp.where(hot, h, 0), base - jnp.where(hot, h, 0)
+    taken = jnp.sum(jnp.where(hot, plus - minus, 0), axis=1)
+    inputs = jnp.concatenate([plus, minus]).reshape(2 * num, *config.feature_shape)
+    out = _apply((config.fn, config.args), inputs).reshape(2 * num, -1)
+    if not jnp.issubdtype(out.dtype, jnp.inexact):
+        # an integer (or boolean) black box: differences in the points' float dtype, never a
+        # step cast to an integer (that divides by zero)
+        out = out.astype(config.flat.dtype)
+    diff = out[:num] - out[num:]
+    return diff / taken[:, None].astype(diff.dtype)
+
+
+def _check_resolved(eps, flat: jax.Array, steps: jax.Array) -> None:
+    """Raise for a concrete `eps` so small that `x + eps == x - eps` in `x`'s dtype somewhere
+    (the difference quotient would be 0 / 0); traced points cannot be checked."""
+    if not (is_concrete(flat) and is_concrete(steps)):
+        return
+    if bool(_unresolved(flat, steps)):
+        raise ValueError(
+            f"eps={eps} is below the resolution of {flat.dtype} at some entries of x "
+            f"(x + eps == x - eps there, a 0 / 0 estimate): use a larger eps, or eps=None "
+            f"for cbrt(machine eps) * max(1, |x|)"
+        )
+
+
+@jax.jit
+def _unresolved(flat: jax.Array, steps: jax.Array) -> jax.Array:
+    return jnp.any((flat + steps) - (flat - steps) <= 0)
 
 
 def _steps(eps, flat: jax.Array, feature_shape: tuple[int, ...]) -> jax.Array:
@@ -147,15 +194,17 @@ def urv_gradient(
     `g = d / (mu q) * sum_i (fn(x + mu u_i) - fn(x)) u_i` with `q = num_samples` directions
     `u_i` uniform on the unit sphere of `R^d` (normalised Gaussians) and
     `mu = 1 / sqrt(step) / sqrt(d)` when `mu` is None, where `step` is the optimiser's iteration
-    counter (the MAX library counts calls, starting at 1). The Gaussian coordinates are quantised
-    to 2**16 levels, two per 32 random bits (`gaussian_perturbation`'s normals), which makes the
-    estimator about 1.6x faster than full-precision normals at the same accuracy: the levels'
-    quantiles are symmetric about 0, so the normalised directions stay exactly isotropic
-    (`E[u u^T] = I/d`) and the estimator keeps its expectation (see `benchmarks/`). `fn` is
-    called on single points and vectorised with `vmap`; directions are drawn and evaluated in
-    chunks of `batch_size`, each from its own key (`fold_in(key, chunk)`), so memory stays
-    bounded for any `num_samples`. The estimate is unbiased for the gradient of a smoothed `fn`
-    and its variance falls as `1/q`; where `fn` is JAX, `jax.grad` is exact and far cheaper.
+    counter (the MAX library counts calls, starting at 1); with `mu` given, `step` is unused.
+    The Gaussian coordinates are quantised to 2**16 levels, two per 32 random bits
+    (`gaussian_perturbation`'s normals), which makes the estimator about 1.6x faster than
+    full-precision normals at the same accuracy: the levels' quantiles are symmetric about 0, so
+    the normalised directions stay exactly isotropic (`E[u u^T] = I/d`) and the estimator keeps
+    its expectation (see `benchmarks/`). `fn` is called on single points and vectorised with
+    `vmap`; directions are drawn and evaluated in chunks of `batch_size`, each from its own key
+    (`fold_in(key, chunk)`), so memory stays bounded for any `num_samples` (`_chunks.run`:
+    called eagerly, a host loop over one chunk compiled once per shapes and options; under
+    `jit`, a `lax.scan`). The estimate is unbiased for the gradient of a smoothed `fn` and its
+    variance falls as `1/q`; where `fn` is JAX, `jax.grad` is exact and far cheaper.
 
     Args:
         key: a PRNG key (typed or legacy uint32).
@@ -163,8 +212,11 @@ def urv_gradient(
         x: the point.
         num_samples: number of random directions `q` (>= 1).
         mu: smoothing radius (> 0); may be traced.
-        step: iteration counter for the default `mu` (>= 1); may be traced.
-        batch_size: directions per chunk; None sizes chunks near 8 MB.
+        step: iteration counter for the default `mu`, a number >= 1 (non-integers are taken
+            as written); may be traced. Only used when `mu` is None: a concrete `step` other
+            than 1 together with `mu` raises, a traced one (an optimiser's counter) is ignored.
+        batch_size: model rows per call: directions per chunk, each one call of `fn` under
+            `vmap` (the package's unit); None sizes chunks near 8 MB.
 
     Returns:
         The estimate, with `x`'s shape and floating dtype (empty, with no call of `fn`, when
@@ -172,9 +224,9 @@ def urv_gradient(
 
     Raises:
         ValueError: `num_samples < 1`, a concrete `mu` that is not positive and finite,
-            `step < 1`, `fn` not scalar, NaN/inf in a concrete `x` (traced ones give a
-            non-finite estimate).
-        TypeError: `key` is not a PRNG key.
+            `step < 1`, a concrete `step != 1` with `mu` given, `fn` not scalar, NaN/inf in a
+            concrete `x` (traced ones give a non-finite estimate).
+        TypeError: `key` is not a PRNG key, `step` is not a real number.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -187,18 +239,17 @@ def urv_gradient(
     key = as_key(key)
     num_samples = check_positive_int("num_samples", num_samples)
     x = as_float_array("x", x)
+    _check_step(step, mu)
     dim = math.prod(x.shape)
     if dim == 0:
         return jnp.zeros(x.shape, x.dtype)
     if mu is None:
-        if is_concrete(step) and not np.all(np.asarray(step) >= 1):
-            raise ValueError(f"step must be >= 1, got {step}")
         mu = jax.lax.rsqrt(jnp.asarray(step, x.dtype) * dim)
     else:
         check_positive("mu", mu)
         check_finite("mu", mu)
         mu = jnp.asarray(mu, x.dtype)
-    out = jax.eval_shape(fn, x)
+    out = _chunks.shape_of(_value, fn, x)
     if out.shape != ():
         raise ValueError(f"fn must return a scalar, got shape {out.shape}")
 
@@ -206,27 +257,61 @@ def urv_gradient(
         batch_size = max(1, _CHUNK_BYTES // (dim * x.dtype.itemsize))
     batch_size = min(check_positive_int("batch_size", batch_size), num_samples)
     num_chunks = -(-num_samples // batch_size)
-    flat = x.reshape(dim)
-    batched_fn = jax.vmap(lambda v: fn(v.reshape(x.shape)))
-    f0 = jnp.asarray(fn(x), x.dtype)
-
-    def chunk(start):
-        index = start // batch_size
-        u = standard_normal(jax.random.fold_in(key, index), (batch_size, dim), x.dtype)
-        # Unit directions are u_i / |u_i|; the scale rides along instead of a normalised copy.
-        inv_norm = jax.lax.rsqrt(jnp.sum(u * u, axis=1))
-        delta = jnp.asarray(batched_fn(flat[None] + (mu * inv_norm)[:, None] * u), x.dtype) - f0
-        # The last chunk may run past num_samples: those directions do not count.
-        valid = start + jnp.arange(batch_size) < num_samples
-        return jnp.where(valid, delta * inv_norm, 0) @ u
-
-    total = _map_chunks(chunk, num_chunks, batch_size).sum(0)
-    return (total * (dim / (mu * num_samples))).reshape(x.shape)
+    f0 = _chunks.call(_value, fn, x)
+    config = _Directions(fn, x.shape, batch_size, num_samples)
+    like = jax.ShapeDtypeStruct((dim,), x.dtype)
+    operands = (key, x.reshape(dim), mu, f0)
+    return _chunks.run(_directions, _urv_finish, config, operands, like, num_chunks)
 
 
-def _map_chunks(chunk: Callable[[jax.Array], jax.Array], num_chunks: int, size: int):
-    """`[chunk(0), chunk(size), ...]` stacked: one `lax.map` (bounded memory, one compiled
-    body), or a plain call when a single chunk covers everything."""
-    if num_chunks == 1:
-        return chunk(jnp.asarray(0))[None]  # default int dtype, as arange below
-    return jax.lax.map(chunk, jnp.arange(num_chunks) * size)
+def _check_step(step, mu) -> None:
+    """`step` is the optimiser's iteration counter, a real >= 1 (usually an integer; a traced
+    one is not checked). With `mu` given it is unused: a concrete value other than the default
+    1 raises, a traced counter (an optimiser loop passes its own either way) is ignored."""
+    if not is_concrete(step):
+        return
+    try:
+        value = np.asarray(step)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value.dtype == np.bool_ or value.dtype.kind not in "iuf":
+        raise TypeError(
+            f"step must be a real number >= 1 (the optimiser's iteration counter), got {step!r}"
+        )
+    if not np.all(value >= 1):
+        raise ValueError(f"step must be >= 1, got {step}")
+    if mu is not None and not np.all(value == 1):
+        raise ValueError(
+            f"step={step} is only used for the default mu (1 / sqrt(step * d)); it has no "
+            f"effect with mu={mu} given: pass one of them"
+        )
+
+
+class _Directions(NamedTuple):
+    fn: Callable
+    shape: tuple[int, ...]  # of the point
+    batch_size: int  # directions per chunk
+    num_samples: int
+
+
+def _value(fn: Callable, x: jax.Array) -> jax.Array:
+    return jnp.asarray(fn(x), x.dtype)
+
+
+def _directions(config: _Directions, c: jax.Array, operands) -> jax.Array:
+    """`sum_i (fn(x + mu u_i) - fn(x)) u_i / |u_i|^2` over chunk `c`'s directions: `[d]`."""
+    key, flat, mu, f0 = operands
+    size = config.batch_size
+    u = standard_normal(jax.random.fold_in(key, c), (size, flat.shape[0]), flat.dtype)
+    # Unit directions are u_i / |u_i|; the scale rides along instead of a normalised copy.
+    inv_norm = jax.lax.rsqrt(jnp.sum(u * u, axis=1))
+    batched_fn = jax.vmap(lambda v: config.fn(v.reshape(config.shape)))
+    delta = jnp.asarray(batched_fn(flat[None] + (mu * inv_norm)[:, None] * u), flat.dtype) - f0
+    # The last chunk may run past num_samples: those directions do not count.
+    valid = c * size + jnp.arange(size, dtype=jnp.int32) < config.num_samples
+    return jnp.where(valid, delta * inv_norm, 0) @ u
+
+
+def _urv_finish(config: _Directions, total: jax.Array, operands) -> jax.Array:
+    _, flat, mu, _ = operands
+    return (total * (flat.shape[0] / (mu * config.num_samples))).reshape(config.shape)

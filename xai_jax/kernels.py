@@ -3,11 +3,13 @@
 import functools
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, Int
 
+from xai_jax import _coalitions
 from xai_jax._checks import as_float_array, check_positive, check_positive_int, is_concrete
 
 __all__ = ["exponential_kernel", "shapley_kernel"]
@@ -31,8 +33,9 @@ def exponential_kernel(
         Weights in (0, 1] with the shape of `distances`.
 
     Raises:
-        ValueError: a concrete `kernel_width <= 0`, or NaN/inf in concrete `distances` (traced
-            NaN gives NaN weights; an infinite distance has weight 0 there).
+        ValueError: a concrete `kernel_width <= 0`, or negative values or NaN/inf in concrete
+            `distances` (traced ones are not checked: NaN gives NaN weights, an infinite
+            distance weight 0, a negative one the weight of its absolute value).
 
     Example:
         >>> import jax.numpy as jnp
@@ -42,6 +45,14 @@ def exponential_kernel(
     """
     check_positive("kernel_width", kernel_width)
     distances = as_float_array("distances", distances)
+    if is_concrete(distances) and distances.size:
+        with jax.ensure_compile_time_eval():  # a constant inside the caller's trace: check now
+            negative = bool(_any_negative(distances))
+        if negative:
+            raise ValueError(
+                f"distances must be >= 0, got a minimum of {float(jnp.min(distances))} "
+                "(a distance, not a difference; traced ones are not checked)"
+            )
     width = jnp.asarray(kernel_width, dtype=distances.dtype)
     return jnp.exp(-0.5 * jnp.square(distances / width))
 
@@ -90,12 +101,18 @@ def shapley_kernel(
     return table.at[sizes].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
 
 
+@jax.jit
+def _any_negative(distances: jax.Array) -> jax.Array:
+    return jnp.any(distances < 0)
+
+
 @functools.lru_cache(maxsize=64)
 def _size_weights(m: int) -> np.ndarray:
     """Per-coalition weight for every size 0..m, in float64 (log space: no overflow)."""
     weights = np.full(m + 1, np.inf)
     for s in range(1, m):
         log_binom = math.lgamma(m + 1) - math.lgamma(s + 1) - math.lgamma(m - s + 1)
-        weights[s] = math.exp(math.log(m - 1) - log_binom - math.log(s) - math.log(m - s))
+        # KernelSHAP's coalition design weighs its size classes by the same `size_weight`
+        weights[s] = math.exp(math.log(_coalitions.size_weight(m, s)) - log_binom)
     weights.setflags(write=False)
     return weights

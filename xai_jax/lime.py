@@ -1,13 +1,13 @@
-"""Local surrogates: LIME and KernelSHAP for a whole batch of instances in one compiled program.
+"""Local surrogates: LIME for a whole batch of instances in one compiled program.
 
-Both explain each row of `x` by sampling a neighbourhood, calling the black box on it and fitting
-a weighted linear model. The pipeline is shaped for XLA:CPU: neighbourhoods are sampled per
-instance with `vmap` (one key per row, so results do not depend on how rows are batched), the
-samples of a chunk of instances are flattened into one 2-D `[rows, features]` batch for the
-model (a dense model runs as one fused kernel on 2-D input; rank-3 input from `vmap` was 2-4x
-slower), and the surrogate solves are `vmap`-ped again. Chunks of instances keep every buffer
-small: a host loop over one compiled chunk when called eagerly, `lax.map` under `jit`
-(`xai_jax._chunks.map_rows`).
+It explains each row of `x` by sampling a neighbourhood, calling the black box on it and fitting
+a weighted linear model (KernelSHAP, the other surrogate method, is `xai_jax.kernel_shap`).
+The pipeline is shaped for XLA:CPU: neighbourhoods are sampled per instance with `vmap` (one
+key per row, so results do not depend on how rows are batched), the samples of a chunk of
+instances are flattened into one 2-D `[rows, features]` batch for the model (a dense model runs
+as one fused kernel on 2-D input; rank-3 input from `vmap` was 2-4x slower), and the surrogate
+solves are `vmap`-ped again. Chunks of instances keep every buffer small: a host loop over one
+compiled chunk when called eagerly, `lax.map` under `jit` (`xai_jax._chunks.map_rows`).
 """
 
 import math
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from jaxtyping import Array, Float, Int
+from jaxtyping import Float, Int
 
 from xai_jax import _chunks
 from xai_jax._blackbox import as_model, mark_invalid, selected
@@ -29,10 +29,10 @@ from xai_jax._checks import (
     check_positive_int,
     is_traced,
 )
-from xai_jax._coalitions import coalitions, shapley_regression
 from xai_jax._features import check_segments
 from xai_jax._inputs import Target, as_feature_vector, as_rows, as_target
 from xai_jax.distances import METRICS, pairwise_distances
+from xai_jax.kernel_shap import kernel_shap as kernel_shap  # its old home: still importable
 from xai_jax.kernels import exponential_kernel
 from xai_jax.perturbations import bernoulli_perturbation, gaussian_perturbation
 from xai_jax.surrogates import SELECTION_METHODS, select_features, weighted_ridge
@@ -43,21 +43,12 @@ __all__ = [
     "LimeResult",
     "PERTURBATIONS",
     "fit_surrogate",
-    "kernel_shap",
     "lime",
     "local_surrogates",
     "select",
 ]
 
 PERTURBATIONS = ("gaussian", "bernoulli")
-
-# Model rows per compiled chunk: inputs and activations of a small dense model stay in the
-# ~16-32 MB where buffers are still cheap on this class of machine (larger ones page-fault).
-_ROWS_PER_CHUNK = 2**15
-# KernelSHAP evaluates coalitions x background rows per instance (102,400 at the defaults with
-# 50 rows): one call for them all ran 1.3x faster than pieces of 32k rows in a `lax.map`, so
-# an instance is split only beyond this many rows, to bound memory.
-_MAX_ROWS_PER_CALL = 2**18
 
 
 class LimeResult(NamedTuple):
@@ -207,12 +198,6 @@ def _fit_regressor(regressor, Z, y, weights, keep) -> LimeResult:
     return LimeResult(*(jnp.asarray(np.stack(p), Z.dtype) for p in zip(*parts, strict=True)))
 
 
-def _chunk_size(num_rows: int, rows_per_instance: int, batch_size: int | None) -> int:
-    if batch_size is not None:
-        return check_positive_int("batch_size", batch_size)
-    return max(1, min(num_rows, _ROWS_PER_CHUNK // rows_per_instance))
-
-
 def lime(
     key: ArrayLike,
     fn: Callable,
@@ -286,7 +271,9 @@ def lime(
         segments: integer label map for `bernoulli`, `[d]` or `[n, d]`.
         num_segments: number of segment labels; required when `segments` is traced.
         baseline: value of switched-off features for `bernoulli`, scalar or `[d]`.
-        batch_size: instances per compiled chunk; None sizes chunks to ~32k model rows. Does
+        batch_size: instances per compiled chunk, not the package's unit of model rows per
+            call (kept for compatibility): a chunk of `batch_size` instances calls `fn` once,
+            on `batch_size * num_samples` rows. None sizes chunks to ~32k model rows. Does
             not change the result (beyond float round-off).
 
     Returns:
@@ -417,7 +404,7 @@ def local_surrogates(
         all_outputs,
     )
     rows = {"key": keys, "x": x, "extra": extra, "index": t.index}
-    chunk = _chunk_size(n, num_samples, batch_size)
+    chunk = _chunks.instances_per_chunk(n, num_samples, batch_size)
     result = _chunks.map_rows(_lime_chunk, config, rows, n, chunk)
     if regressor is not None:
         result = _fit_regressor(regressor, *result)
@@ -438,135 +425,3 @@ def _as_segments(segments, num_segments, x: jax.Array):
         )
     seg, num = check_segments(seg, num_segments, jnp.zeros(seg.shape, x.dtype))
     return jnp.broadcast_to(seg, (n, d)), num
-
-
-# --------------------------------------------------------------------------------------------
-# KernelSHAP
-
-
-class _ShapConfig(NamedTuple):
-    model: Callable
-    background: jax.Array  # [b, d]
-    num_samples: int
-    per_call: int  # coalitions per model call
-
-
-def _expected_values(config: _ShapConfig, masks, x, index):
-    """`E_b f(x where mask else background_b)` for every coalition: `[m, S]`."""
-    bg = config.background
-    m, s, d = masks.shape
-
-    def piece(mask):  # [m, q, d] -> [m, q]
-        q = mask.shape[1]
-        inputs = jnp.where(mask[:, :, None, :], x[:, None, None, :], bg[None, None])
-        out = config.model(inputs.reshape(m * q * bg.shape[0], d))
-        rep = None if index is None else jnp.repeat(index, q * bg.shape[0])
-        return selected(out, rep).reshape(m, q, bg.shape[0]).mean(axis=2)
-
-    if config.per_call >= s:
-        return piece(masks)
-    pieces = -(-s // config.per_call)
-    # pad with all-ones masks (the instance itself: valid input), cut off below
-    padded = jnp.concatenate(
-        [masks, jnp.ones((m, pieces * config.per_call - s, d), bool)], axis=1
-    ).reshape(m, pieces, config.per_call, d)
-    values = jax.lax.map(piece, jnp.moveaxis(padded, 1, 0))  # [pieces, m, q]
-    return jnp.moveaxis(values, 0, 1).reshape(m, -1)[:, :s]
-
-
-def _shap_chunk(config: _ShapConfig, rows: dict):
-    d = rows["x"].shape[1]
-    masks, weights = jax.vmap(lambda k: coalitions(k, d, config.num_samples))(rows["key"])
-    index = rows["index"]
-    fx = selected(config.model(rows["x"]), index)
-    out_bg = config.model(config.background).reshape(config.background.shape[0], -1)
-    fnull = (out_bg[:, 0] if index is None else out_bg[:, index]).mean(axis=0)
-    fnull = jnp.broadcast_to(fnull, fx.shape)
-    if masks.shape[1] == 0:  # one feature: efficiency alone decides
-        return (fx - fnull)[:, None]
-    values = _expected_values(config, masks, rows["x"], index)
-    return jax.vmap(shapley_regression)(masks, values - fnull[:, None], weights, fx - fnull)
-
-
-def kernel_shap(
-    key: ArrayLike,
-    fn: Callable,
-    x: Float[ArrayLike, "n d"],
-    background: Float[ArrayLike, "b d"],
-    *,
-    num_samples: int = 2048,
-    target: Int[ArrayLike, "*n"] | None = None,
-    batch_size: int | None = None,
-) -> Float[Array, "n d"]:
-    """KernelSHAP: Shapley values of each row of `x` by weighted regression on coalitions.
-
-    A coalition `S` of features is valued `v(S) = mean_b f(x_S, background_b rest)`; Shapley
-    values are the weighted least-squares fit of `v(S) - v({})` on the coalition masks with the
-    Shapley kernel weights, with efficiency `sum(phi) = f(x) - mean f(background)` enforced
-    exactly (shap's `KernelExplainer`, `l1_reg=False`). Coalitions follow shap's scheme: whole
-    coalition sizes (with their complements) are enumerated while the budget allows, the rest
-    are sampled with their complements, one key per row. When `num_samples >= 2**d - 2` every
-    coalition is enumerated and the values are exact Shapley values (d <= 11 with the default).
-    shap merges repeated draws into one weighted sample; we keep them as separate rows of equal
-    weight, which is the same regression. Features whose value equals every background row's
-    are dummies with Shapley value 0: exact enumeration gives 0, sampling gives ~0 (shap drops
-    them before sampling).
-
-    The model is called on `[rows, d]` batches of coalition-by-background rows (all of a chunk
-    of instances at once, or pieces of ~262k rows in a `lax.map` when one instance has more);
-    `fn` may be a non-JAX function (called through `jax.pure_callback`).
-
-    Args:
-        key: PRNG key, or one key per row: a single key gives row `i` the key
-            `jax.random.split(key, n)[i]`; a key array `[n]` (or legacy uint32 `[n, 2]`) gives
-            row `i` the key `key[i]`.
-        fn: the black box, `[rows, d] -> [rows]` or `[rows, ...]`.
-        x: `[n, d]` instances to explain.
-        background: `[b, d]` rows that stand in for absent features.
-        num_samples: coalitions per instance (capped at `2**d - 2`).
-        target: None when `fn` returns one value per row, an int, an int array `[n]`, or for
-            outputs of rank > 2 an int matrix.
-        batch_size: instances per compiled chunk; None sizes chunks to ~32k model rows. Does
-            not change the result (beyond float round-off).
-
-    Returns:
-        `[n, d]` Shapley values (empty for an empty `x`, `fn` not called).
-
-    Raises:
-        ValueError: `x` or `background` not 2-D or with different feature counts, a
-            `background` without rows, `num_samples < 1`, a black box whose output does not
-            have one row per input row, a target out of range or missing for a vector output,
-            a key array whose length is not `n`, NaN/inf in a concrete `x` or `background`
-            (traced ones give non-finite values in the rows they touch: every row for
-            `background`).
-        TypeError: `key` is not a PRNG key.
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> from xai_jax import kernel_shap
-        >>> f = lambda z: z[:, 0] * z[:, 1] + z[:, 2]
-        >>> kernel_shap(jax.random.key(0), f, jnp.ones((1, 3)), jnp.zeros((4, 3))).round(4)
-        Array([[0.5, 0.5, 1. ]], dtype=float32)
-    """
-    num_samples = check_positive_int("num_samples", num_samples)
-    x = as_rows("x", x)
-    background = as_rows("background", background)
-    n, d = x.shape
-    if background.shape[1] != d:
-        raise ValueError(
-            f"background must have the {d} features of x, got shape {background.shape}"
-        )
-    if background.shape[0] == 0:
-        raise ValueError(f"background must have at least one row, got shape {background.shape}")
-    background = background.astype(x.dtype)
-    b = background.shape[0]
-    s = min(num_samples, 2**d - 2) if d < 63 else num_samples
-    keys = as_row_keys(key, n)
-    model, out = as_model(fn, x, max(1, s) * b)
-    t = as_target(target, out, n)
-    per_call = max(1, _MAX_ROWS_PER_CALL // b)
-    config = _ShapConfig(model, background, num_samples, per_call)
-    chunk = _chunk_size(n, max(1, s) * b, batch_size)
-    rows = {"key": keys, "x": x, "index": t.index}
-    phi = _chunks.map_rows(_shap_chunk, config, rows, n, chunk)
-    return mark_invalid(phi, t.valid)

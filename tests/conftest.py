@@ -1,4 +1,14 @@
-"""Strict JAX settings for every test: implicit rank promotion and dtype promotion raise."""
+"""Strict JAX settings for every test: implicit rank promotion and dtype promotion raise; the
+package's jaxtyping annotations checked at every call (the import hook, before xai_jax loads)."""
+
+import os
+
+if os.environ.get("XAI_TYPECHECK"):
+    import jaxtyping
+
+    from tests import _typecheck  # noqa: F401  (the hook looks `tests._typecheck` up by name)
+
+    jaxtyping.install_import_hook("xai_jax", "tests._typecheck.checker")
 
 import jax
 import numpy as np

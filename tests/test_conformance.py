@@ -3,7 +3,8 @@
 Each case calls a public function as `call(key, *arrays)` (the key is ignored by deterministic
 functions) and every case goes through the same checks: jit equals eager, vmap equals a loop,
 same key gives the same bits and another key other samples, a second call with same-shaped inputs
-does not retrace, outputs are finite, and gradients through the function are finite.
+does not retrace (under the caller's `jit`, and eagerly: no trace, no compile), outputs are
+finite, and gradients through the function are finite.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax._src import dispatch  # the names of the trace and compile events
 
 import xai_jax
 from xai_jax import (
@@ -84,6 +86,19 @@ def _optimise(optimizer, x, steps=5):  # a few steps on a quadratic: the iterate
         x = optax.apply_updates(x, updates)
     return x
 
+
+def _ig(v):  # an attribution function for the noise tunnel: one object, as a user holds it
+    return integrated_gradients(_mlp, v, target=_T, n_steps=4)
+
+
+_CENTRE = _normal(6)
+
+
+def _distance(v):  # a loss for contrastive_explanation
+    return jnp.sum((v - _CENTRE) ** 2)
+
+
+_SGD = optax.sgd(0.05)  # one optimizer object, reused across calls as a user would
 
 _X = _normal(5, 4)
 # y repeats two rows of x: zero distances are part of the checks (finite gradients there)
@@ -164,8 +179,8 @@ CASES = [
                                          internal_batch_size=6),
          (_normal(3, 6),)),
     Case("smoothgrad", smoothgrad,
-         lambda k, x: smoothgrad(k, lambda v: integrated_gradients(_mlp, v, target=_T, n_steps=4),
-                                 x, num_samples=5, stdev=0.2, nt_type="vargrad", batch_size=2),
+         lambda k, x: smoothgrad(k, _ig, x, num_samples=5, stdev=0.2, nt_type="vargrad",
+                                 batch_size=2),
          (_normal(3, 6),), random=True),
     Case("expected_gradients", expected_gradients,
          lambda k, x, bg: expected_gradients(k, _mlp, x, bg, num_samples=5, stdev=0.1,
@@ -193,13 +208,12 @@ CASES = [
     Case("cem_loss", cem_loss,
          lambda k, x, d: cem_loss("PP", _mlp, x, c=2.0, kappa=0.1)(d), (_normal(6), _normal(6))),
     Case("contrastive_explanation", contrastive_explanation,
-         lambda k, x: contrastive_explanation(k, lambda v: jnp.sum((v - x) ** 2), jnp.zeros(6),
-                                              optimizer=optax.sgd(0.05), num_iter=12,
+         lambda k, x: contrastive_explanation(k, _distance, x, optimizer=_SGD, num_iter=12,
                                               save_freq=5, upper=0.5),
          (_normal(6),)),
     Case("contrastive_explanation[urv, cem]", contrastive_explanation,
          lambda k, x: contrastive_explanation(k, cem_loss("PN", _mlp, x), jnp.zeros(6),
-                                              optimizer=optax.sgd(0.05), gradient="urv",
+                                              optimizer=_SGD, gradient="urv",
                                               num_iter=6, save_freq=3, lower=-1.0, upper=1.0,
                                               gradient_kwargs={"num_samples": 8})[0],
          (_normal(6),), random=True, grad_arg=None),
@@ -276,6 +290,35 @@ def test_second_call_does_not_recompile(case):
     jax.block_until_ready(fn(KEY, *case.arrays))
     jax.block_until_ready(fn(OTHER_KEY, *_perturbed(case.arrays, 1)))
     assert len(traces) == 1
+
+
+_COMPILE_EVENTS = (dispatch.JAXPR_TRACE_EVENT, dispatch.BACKEND_COMPILE_EVENT)
+_events: list[str] | None = None  # collecting while a list
+
+
+def _on_event(event: str, duration: float, **kwargs) -> None:
+    if _events is not None and event in _COMPILE_EVENTS:
+        _events.append(event)
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_second_eager_call_traces_and_compiles_nothing(case):
+    # Called eagerly (how the wrappers and the demo call them), the second call with the same
+    # shapes, dtypes and static options reuses every cached program: no jaxpr is traced, no
+    # executable compiled, however many jitted pieces a function is made of.
+    global _events
+    jax.block_until_ready(case.call(KEY, *case.arrays))
+    arrays = jax.block_until_ready(_perturbed(case.arrays, 1))
+    _events = []
+    try:
+        jax.block_until_ready(case.call(OTHER_KEY, *arrays))
+        events = _events
+    finally:
+        _events = None
+    assert events == []
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)

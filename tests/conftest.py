@@ -6,9 +6,10 @@ import os
 if os.environ.get("XAI_TYPECHECK"):
     import jaxtyping
 
-    from tests import _typecheck  # noqa: F401  (the hook looks `tests._typecheck` up by name)
+    from tests import _typecheck  # the hook looks `tests._typecheck.checker` up by name
 
     jaxtyping.install_import_hook("xai_jax", "tests._typecheck.checker")
+    _typecheck.unchecked_inside_pytest_raises()
 
 import jax
 import numpy as np

@@ -167,7 +167,7 @@ def map_rows(kernel: Callable, config, rows, num_rows: int, chunk: int):
     return _map_whole(kernel, static, chunk, rows, arrays)
 
 
-def gather_rows(rows, chunk: int, c: jax.Array):
+def gather_rows(rows, chunk: int, c: jax.Array | np.integer | int):
     """Rows `[c * chunk, (c + 1) * chunk)` of every leaf, past the end repeating the last row.
 
     The one padding rule of the package: a padded row is a copy of real input, so it cannot

@@ -19,7 +19,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsInt
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -160,7 +160,7 @@ def attribution_heatmap(
 def attribution_bars(
     coef: ArrayLike,
     feature_names: Sequence[str] | None = None,
-    top_k: int = 10,
+    top_k: SupportsInt = 10,
     ax: Axes | None = None,
     *,
     title: str | None = None,

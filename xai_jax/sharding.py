@@ -48,13 +48,13 @@ __all__ = ["explain_sharded"]
 
 def explain_sharded(
     method_fn: Callable[..., PyTree[Array]],
-    x: Shaped[ArrayLike, " n *rest"] | tuple[Shaped[ArrayLike, " n *_"], ...],
+    x: Shaped[ArrayLike, " n ..."] | tuple[Shaped[ArrayLike, " n ..."], ...],
     *,
     mesh: Mesh,
     key: ArrayLike | None = None,
     axis_names: str | Sequence[str] | None = None,
     **kwargs: Any,
-) -> PyTree[Shaped[Array, " n *out"]]:
+) -> PyTree[Shaped[Array, " n ..."]]:
     """Run `method_fn` on the rows of `x` split over the devices of `mesh`, as one call would.
 
     Each device's block of rows goes to `method_fn(*x_blocks, **kwargs)`, or, with a `key`,

@@ -17,13 +17,14 @@ padding cannot produce NaN), and cut off. Two schedules compute exactly the same
 - Called eagerly (concrete operands, no enclosing trace): a host loop over one jitted step,
   `acc + kernel(c)`. Each chunk is a separate XLA call, so peak memory is one chunk's, and every
   operation runs in XLA's fastest layout. Dispatch is asynchronous: the loop does not wait, but
-  every call has XLA:CPU's fixed cost (dense chunks: 1.03-1.20x one call for a split in two).
+  every call has XLA:CPU's fixed cost (what that costs dense models: the README's chunking
+  paragraph).
 - Under a trace (the caller's `jit`, `grad`, `vmap`): a `lax.scan` over chunks, so the pure
   function stays jittable and memory stays bounded inside the caller's program.
 
 Why not always `lax.scan`: on XLA:CPU (jaxlib 0.10) the gradient of a convolution inside a loop
 body is emitted with a kernel layout the fast (Eigen) convolution does not take, and falls back
-to a naive loop: measured 5-6x slower than the same chunk called from a host loop. Dense layers
+to a naive loop, several times slower than the same chunk called from a host loop. Dense layers
 are unaffected. Users who call a method inside their own `jit` with a convolutional model and a
 finite `internal_batch_size` get the `scan` schedule; the method docstrings say so.
 """

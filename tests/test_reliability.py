@@ -608,7 +608,7 @@ _FIRST_CASES = list({case.function: case for case in reversed(conformance.CASES)
 def test_every_public_function_runs_in_float64(case, monkeypatch):
     with jax.enable_x64(False):
         reference = conformance._leaves(jax.jit(case.call)(conformance.KEY, *case.arrays))
-    for name in ("_W", "_W1", "_W2"):  # the cases' models, in float64
+    for name in ("_W", "_W1", "_W2", "_CENTRE"):  # the cases' models and loss, in float64
         monkeypatch.setattr(conformance, name, _as_float64(getattr(conformance, name)))
     out = conformance._leaves(jax.jit(case.call)(conformance.KEY, *_as_float64(case.arrays)))
     assert len(out) == len(reference)

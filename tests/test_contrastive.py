@@ -169,3 +169,57 @@ def test_explanation_generator_bad_configuration(kwargs, error, match):
 def test_explanation_generator_needs_a_classifier():
     with pytest.raises(ValueError, match="no classifier"):
         ExplanationGenerator(loss_kwargs={"mode": "PN"}).run(X[0])
+
+
+@pytest.mark.parametrize(
+    ("gradient", "kwargs", "match"),
+    [
+        ("autodiff", {"mu": 0.1}, r"\['mu'\] unused: gradient='autodiff' takes none"),
+        ("urv", {"eps": 0.1}, r"\['eps'\] unused: gradient='urv' takes num_samples, mu, batch"),
+        ("numerical", {"num_samples": 4}, r"'numerical' takes eps, batch_size"),
+    ],
+)
+def test_gradient_kwargs_the_estimator_does_not_take_raise(gradient, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        contrastive_explanation(
+            KEY,
+            lambda v: jnp.sum(v**2),
+            X[0],
+            optimizer=optax.sgd(0.1),
+            gradient=gradient,
+            num_iter=4,
+            save_freq=2,
+            gradient_kwargs=kwargs,
+        )
+
+
+def test_array_gradient_kwargs_are_traced_operands():
+    # eps per feature and a traced mu, documented as valid, once refused as unhashable statics
+    loss = lambda v: jnp.sum((v - 1.0) ** 2)
+    eps = jnp.full(X[0].shape, 1e-2)
+    res = contrastive_explanation(
+        KEY,
+        loss,
+        X[0],
+        optimizer=optax.sgd(0.1),
+        gradient="numerical",
+        num_iter=4,
+        save_freq=2,
+        gradient_kwargs={"eps": eps},
+    )
+    assert np.isfinite(np.asarray(res.explanation)).all()
+    run = jax.jit(
+        lambda mu: (
+            contrastive_explanation(
+                KEY,
+                loss,
+                X[0],
+                optimizer=optax.sgd(0.1),
+                gradient="urv",
+                num_iter=4,
+                save_freq=2,
+                gradient_kwargs={"mu": mu, "num_samples": 8},
+            ).explanation
+        )
+    )
+    assert not np.array_equal(np.asarray(run(1e-2)), np.asarray(run(5e-1)))

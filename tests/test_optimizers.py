@@ -415,3 +415,22 @@ def test_non_real_hyperparameters_raise_type_error():
         aoexpgrad(l1="0.5")
     with pytest.raises(TypeError, match="beta"):
         elastic_net_fista(beta=None)
+
+
+def test_traced_hyperparameters_are_scalars_and_concrete_arrays_are_checked():
+    # traced scalars are operands (tests/test_hyperparams_compile.py); a traced vector is refused
+    with pytest.raises(TypeError, match="eta must be a real scalar"):
+        jax.jit(lambda e: aoexpgrad(eta=e).init(jnp.zeros(2)))(jnp.ones(2))
+    with pytest.raises(ValueError, match="learning_rate must be finite"):
+        elastic_net_fista(learning_rate=float("inf"))
+    with pytest.raises(ValueError, match="eta"):  # a concrete JAX scalar is checked as a float
+        aoexpgrad(eta=jnp.float32(-1.0))
+    np.testing.assert_array_equal(  # a concrete JAX scalar is the same optimizer as the float
+        _descend_once(aoexpgrad(l2=jnp.float32(0.0))), _descend_once(aoexpgrad(l2=0.0))
+    )
+
+
+def _descend_once(optimizer):
+    x = jnp.array([0.3, -0.2, 0.1])
+    updates, _ = optimizer.update(x - 1.0, optimizer.init(x), x)
+    return np.asarray(optax.apply_updates(x, updates))

@@ -133,8 +133,7 @@ def as_float_array(name: str, value, *, min_ndim: int = 0, finite: bool = True) 
 @jax.jit
 def _all_finite(arr: jax.Array) -> jax.Array:
     # `x * 0` is 0 for finite x and NaN for NaN and inf, so one fused sum answers (XLA keeps
-    # IEEE semantics and does not fold it). ~1.6 ms for 10000 x 784 float32 on 2 CPU cores,
-    # where `isfinite(x).all()` took 5.6 ms and converting the NumPy array to JAX 10 ms.
+    # IEEE semantics and does not fold it): one pass, cheaper than `isfinite(x).all()`.
     return jnp.sum(arr * jnp.zeros((), arr.dtype)) == 0
 
 

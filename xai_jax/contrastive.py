@@ -102,6 +102,9 @@ def cem_loss(
     is a callable pytree: `loss(delta)` is the scalar loss, `loss.valid(delta)` whether `delta`
     explains (PN: class changed; PP: class kept).
 
+    Static arguments: `mode`, `predict_fn` and `autoencoder`; `x`, `c`, `gamma` and `kappa` may
+    be traced.
+
     Args:
         mode: `PN` or `PP`.
         predict_fn: batched classifier `[B, *features] -> [B, classes]` (probabilities or
@@ -184,6 +187,11 @@ def contrastive_explanation(
     `[lower, upper]`. The best valid iterate is tracked inside the scan and every `save_freq`-th
     iterate kept. `vmap` explains a batch (one key per instance).
 
+    Static arguments: `gradient`, `num_iter`, `save_freq`, the counts in `gradient_kwargs`, and
+    `loss_fn`, `optimizer` and `callback` as objects (one compiled program per object: build
+    them once, not per call); the arrays they hold, `key`, `x0`, the bounds and `mu`/`eps` are
+    operands.
+
     Args:
         key: PRNG key (used by the URV gradient; one key per step, folded in).
         loss_fn: scalar loss of the iterate, e.g. `cem_loss(...)`; with a `valid` method, the
@@ -195,8 +203,9 @@ def contrastive_explanation(
         save_freq: steps between saved iterates (divides `num_iter` sensibly: `<= num_iter`).
         lower: lower bound of the iterate (scalar or `x0`'s shape); None: unbounded.
         upper: upper bound; None: unbounded.
-        gradient_kwargs: passed to the gradient estimator (`num_samples`, `mu`, `batch_size`
-            for URV; `eps` for finite differences).
+        gradient_kwargs: passed to the gradient estimator: `num_samples`, `mu`, `batch_size`
+            for `"urv"`; `eps`, `batch_size` for `"numerical"`; none for `"autodiff"`. The
+            counts are static; `mu` and `eps` (scalars or arrays) are traced operands.
         callback: called on the host with the number of steps done after every `save_freq`
             steps (`jax.debug.callback`; a progress bar, say).
 
@@ -204,7 +213,8 @@ def contrastive_explanation(
         `ContrastiveResult`.
 
     Raises:
-        ValueError: unknown `gradient`, `num_iter`/`save_freq` < 1, `save_freq > num_iter`,
+        ValueError: unknown `gradient`, `gradient_kwargs` the estimator does not take,
+            `num_iter`/`save_freq` < 1, `save_freq > num_iter`,
             bounds of the wrong shape or with `lower > upper`, NaN/inf in a concrete `x0` (a
             traced one gives non-finite iterates and `found=False`). Bounds may be infinite.
 
@@ -226,18 +236,42 @@ def contrastive_explanation(
     check_bounds(lower, upper)
     lower = _bound("lower", lower, x0, -jnp.inf)
     upper = _bound("upper", upper, x0, jnp.inf)
-    options = (gradient, tuple(sorted((gradient_kwargs or {}).items())), num_iter, save_freq)
+    gradient_kwargs = _check_gradient_kwargs(gradient, gradient_kwargs)
+    options = (gradient, num_iter, save_freq)
     # one compiled program per (loss, optimizer, options), reused by eager calls: the loss's
-    # arrays (a CEMLoss's instance, say) are arguments, not constants
-    static, arrays = _chunks.partition((loss_fn, optimizer, callback))
+    # arrays (a CEMLoss's instance, say) and the estimator's float options (`mu`, `eps`) are
+    # arguments, not constants; its counts (`num_samples`, `batch_size`) are static
+    static, arrays = _chunks.partition((loss_fn, optimizer, callback, gradient_kwargs))
     return _optimise(static, options, arrays, key, x0, lower, upper)
+
+
+_GRADIENT_KWARGS = {"autodiff": (), "urv": ("num_samples", "mu", "batch_size"),
+                    "numerical": ("eps", "batch_size")}  # fmt: skip
+_COUNTS = ("num_samples", "batch_size")
+
+
+def _check_gradient_kwargs(gradient: str, gradient_kwargs) -> dict:
+    """The estimator's options, counts as static ints and the rest as arrays (may be traced)."""
+    if gradient_kwargs is None:
+        return {}
+    if not isinstance(gradient_kwargs, dict):
+        raise TypeError(f"gradient_kwargs must be a dict, got {type(gradient_kwargs).__name__}")
+    valid = _GRADIENT_KWARGS[gradient]
+    unknown = sorted(set(gradient_kwargs) - set(valid))
+    if unknown:
+        takes = f"takes {', '.join(valid)}" if valid else "takes none (pass gradient_kwargs=None)"
+        raise ValueError(f"gradient_kwargs {unknown} unused: gradient={gradient!r} {takes}")
+    return {
+        name: value if name in _COUNTS or value is None else jnp.asarray(value)
+        for name, value in gradient_kwargs.items()
+    }
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _optimise(static, options, arrays, key, x0, lower, upper) -> ContrastiveResult:
-    loss_fn, optimizer, callback = _chunks.combine(static, arrays)
-    gradient, gradient_kwargs, num_iter, save_freq = options
-    grad_fn = _gradient(gradient, loss_fn, dict(gradient_kwargs))
+    loss_fn, optimizer, callback, gradient_kwargs = _chunks.combine(static, arrays)
+    gradient, num_iter, save_freq = options
+    grad_fn = _gradient(gradient, loss_fn, gradient_kwargs)
     valid_fn = getattr(loss_fn, "valid", None)
 
     def step(carry, t):

@@ -30,9 +30,9 @@ def pairwise_distances(
     Euclidean, squared euclidean and cosine distances are computed with a single matrix product:
     the data are centred (distances do not change), the squared norms ride along as two extra
     columns, `[x, |x|^2, 1] . [-2y, 1, |y|^2]^T = |x - y|^2`, so the norm terms cost no extra
-    pass over the `n x m` result (at 4000 x 784 this runs at ~80% of the machine's matmul
-    throughput, 2.5x scikit-learn). Results smaller than the product's round-off are exactly 0, so
-    identical rows are at distance exactly 0 and no value is negative. As in scikit-learn, a zero
+    pass over the `n x m` result (the figures against scikit-learn are in `benchmarks/`).
+    Results smaller than the product's round-off are exactly 0, so identical rows are at
+    distance exactly 0 and no value is negative. As in scikit-learn, a zero
     vector has cosine similarity 0 with everything (distance 1), and with `y=None` the diagonal
     is 0. Gradients are finite everywhere, including at zero distance (where they are 0).
 
@@ -40,6 +40,8 @@ def pairwise_distances(
     Absolute error on squared distances is a few ulps of `|x - c|^2 + |y - c|^2` (c the centre), so
     distances far smaller than the data's spread are resolved only to about `sqrt(eps)` of that
     spread; enable `jax_enable_x64` and pass float64 for more.
+
+    Static arguments: `metric`; `x` and `y` may be traced.
 
     Args:
         x: `[n, d]` array.

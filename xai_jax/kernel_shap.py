@@ -24,8 +24,8 @@ from xai_jax._inputs import as_rows, as_target
 __all__ = ["kernel_shap"]
 
 # KernelSHAP evaluates coalitions x background rows per instance (102,400 at the defaults with
-# 50 rows): one call for them all ran 1.3x faster than pieces of 32k rows in a `lax.map`, so
-# an instance is split only beyond this many rows, to bound memory.
+# 50 rows): one call for them all is faster than smaller pieces in a `lax.map`, so an instance
+# is split only beyond this many rows, to bound memory.
 _MAX_ROWS_PER_CALL = 2**18
 
 
@@ -98,6 +98,9 @@ def kernel_shap(
     The model is called on `[rows, d]` batches of coalition-by-background rows (all of a chunk
     of instances at once, or pieces of ~262k rows in a `lax.map` when one instance has more);
     `fn` may be a non-JAX function (called through `jax.pure_callback`).
+
+    Static arguments: `fn`, `num_samples` and `batch_size`; `key`, `x`, `background` and
+    `target` may be traced.
 
     Args:
         key: PRNG key, or one key per row: a single key gives row `i` the key

@@ -25,6 +25,8 @@ def exponential_kernel(
     `kernel_width` may be traced (differentiable); lime's default for tabular data is
     `0.75 * sqrt(num_features)`, for images 0.25 (with cosine distances).
 
+    Static arguments: nothing: `distances` and `kernel_width` may be traced.
+
     Args:
         distances: distances of any shape.
         kernel_width: positive width, a scalar or an array broadcastable to `distances`.
@@ -68,6 +70,8 @@ def shapley_kernel(
     coalitions of one size this is shap's per-size weight `(M - 1) / (s (M - s))`. A table of all
     `M + 1` weights is computed once per `M` in float64 (log space, so a large `M` underflows
     gracefully to 0 instead of overflowing the binomial) and indexed by the sizes.
+
+    Static arguments: `num_features`; `coalition_sizes` may be traced.
 
     Args:
         num_features: `M`, the number of players (>= 1), static.

@@ -5,7 +5,7 @@ a weighted linear model (KernelSHAP, the other surrogate method, is `xai_jax.ker
 The pipeline is shaped for XLA:CPU: neighbourhoods are sampled per instance with `vmap` (one
 key per row, so results do not depend on how rows are batched), the samples of a chunk of
 instances are flattened into one 2-D `[rows, features]` batch for the model (a dense model runs
-as one fused kernel on 2-D input; rank-3 input from `vmap` was 2-4x slower), and the surrogate
+as one fused kernel on 2-D input, faster than rank-3 input from `vmap`), and the surrogate
 solves are `vmap`-ped again. Chunks of instances keep every buffer small: a host loop over one
 compiled chunk when called eagerly, `lax.map` under `jit` (`xai_jax._chunks.map_rows`).
 """
@@ -245,6 +245,10 @@ def lime(
     (a scikit-learn `predict_proba`, called through `jax.pure_callback`: it then runs on the
     host, and is probed once on two rows of `x` for its output shape). All samples of a chunk
     of instances go to `fn` as one 2-D batch.
+
+    Static arguments: `fn`, `num_samples`, `perturbation`, `distance_metric`, `num_features`,
+    `feature_selection`, `regressor`, `num_segments` and `batch_size`; `key`, `x`, `scale`,
+    `mean`, `kernel_width`, `alpha`, `baseline`, `segments` and `target` may be traced.
 
     Args:
         key: PRNG key, or one key per row: a single key gives row `i` the key

@@ -23,7 +23,7 @@ import optax
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, Int
 
-from xai_jax._checks import check_bounds, check_positive
+from xai_jax._checks import check_bounds, check_positive, is_traced
 
 __all__ = [
     "AoExpGradState",
@@ -80,10 +80,25 @@ def _lambertw_exp(a: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
 # Shared boundary checks.
 
 
-def _check_real(name: str, value) -> float:
+def _check_real(name: str, value) -> float | jax.Array:
+    """A real scalar hyper-parameter: a Python float when concrete (finite, checked), a float
+    scalar when traced (the caller's `jit` keeps it an operand: one program for every value)."""
+    if is_traced(value):
+        if jnp.ndim(value) != 0 or not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+            raise TypeError(f"{name} must be a real scalar, got a traced {jax.typeof(value)}")
+        return value
+    if isinstance(value, jax.Array) and value.ndim == 0 and not jnp.iscomplexobj(value):
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
     return float(value)
+
+
+def _like(value: float | jax.Array, dtype) -> float | jax.Array:
+    """A hyper-parameter in the iterate's dtype: a Python float stays weakly typed."""
+    return value if isinstance(value, float) else jnp.asarray(value).astype(dtype)
 
 
 def _clip(x: Array, lower, upper) -> Array:
@@ -148,6 +163,8 @@ def aoexpgrad(
         l1: L1 weight, >= 0.
         l2: L2 weight, >= 0 (`l2 / 2 * ||y||^2`, as MAX). `l2 == 0` uses the closed form.
         eta: step-size scale, > 0; larger means smaller steps.
+            `l1`, `l2` and `eta` may be traced scalars (under the caller's `jit` one program
+            serves every value); concrete ones are checked (finite, in range).
         lower: lower bound on the mirror-descent iterate `x`, hence on `y` (from the first step
             on, `y` is a weighted average of the `x`'s; the start gets weight 0): None, a scalar
             or an array broadcastable to every leaf. Traced values are not checked.
@@ -182,9 +199,6 @@ def aoexpgrad(
     check_positive("l2", l2, allow_zero=True)
     check_positive("eta", eta)
     check_bounds(lower, upper)
-    for name, value in (("l1", l1), ("l2", l2), ("eta", eta)):
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value}")
 
     def init_fn(params: optax.Params) -> AoExpGradState:
         params = jax.tree.map(jnp.asarray, params)
@@ -206,19 +220,26 @@ def aoexpgrad(
         d = x.size
         b0 = 1.0 / d
         lam = lam + (t * jnp.max(jnp.abs(g - h))) ** 2
-        alpha = eta * jnp.sqrt(lam) / math.sqrt(math.log(d + 1))
+        alpha = _like(eta, dtype) * jnp.sqrt(lam) / math.sqrt(math.log(d + 1))
         # MAX adds 1e-6 only when alpha is exactly 0 (a zero first gradient)
         alpha = jnp.where(alpha == 0.0, jnp.asarray(1e-6, dtype), alpha)
         z = jnp.sign(x) * jnp.log1p(jnp.abs(x) / b0) - (t * g - t * h + (t + 1.0) * g) / alpha
-        if l2 == 0.0:
-            v = b0 * jnp.exp(jnp.maximum(jnp.abs(z) - l1 * (t + 1.0) / alpha, 0.0)) - b0
-        else:
+        l1_ = _like(l1, dtype)
+        lasso = lambda: b0 * jnp.exp(jnp.maximum(jnp.abs(z) - l1_ * (t + 1.0) / alpha, 0.0)) - b0
+
+        def elastic(l2):
             bb = l2 * (t + 1.0) / alpha
-            c = jnp.minimum(l1 * (t + 1.0) / alpha - jnp.abs(z), 0.0)
+            c = jnp.minimum(l1_ * (t + 1.0) / alpha - jnp.abs(z), 0.0)
             abc = -c + jnp.log(b0 * bb) + b0 * bb
             # v >= 0 in exact arithmetic (W is increasing and W(e^(log(ab)+ab)) = ab): keep
             # round-off from flipping the sign, and make the thresholded entries exact zeros
-            v = jnp.where(c < 0.0, jnp.maximum(_lambertw_exp(abc) / bb - b0, 0.0), 0.0)
+            return jnp.where(c < 0.0, jnp.maximum(_lambertw_exp(abc) / bb - b0, 0.0), 0.0)
+
+        if not is_traced(l2):
+            v = lasso() if l2 == 0.0 else elastic(l2)
+        else:  # both branches, the zero one fed a harmless l2 so that neither makes NaN
+            zero = l2 == 0.0
+            v = jnp.where(zero, lasso(), elastic(jnp.where(zero, 1.0, l2).astype(dtype)))
         # where, not sign(z) * v: thresholded entries are +0, not -0
         x = _clip(jnp.where(v > 0.0, jnp.sign(z) * v, 0.0), lower, upper)
         y = (t / big_b) * x + ((big_b - t) / big_b) * y
@@ -297,7 +318,8 @@ def elastic_net_fista(
 
     Args:
         learning_rate: step size, a float > 0 or an `optax.Schedule` of the step count `k`.
-        beta: L1 weight (the shrinkage threshold), > 0.
+        beta: L1 weight (the shrinkage threshold), > 0. `beta` and a float `learning_rate`
+            may be traced scalars; concrete ones are checked (finite, > 0).
         lower: lower bound on `adv`: None, a scalar or an array broadcastable to every leaf.
         upper: upper bound, as `lower`.
 
@@ -331,8 +353,6 @@ def elastic_net_fista(
         schedule = lambda count: lr
     beta = _check_real("beta", beta)
     check_positive("beta", beta)
-    if not math.isfinite(beta):
-        raise ValueError(f"beta must be finite, got {beta}")
     check_bounds(lower, upper)
 
     def init_fn(params: optax.Params) -> ElasticNetFistaState:
@@ -344,7 +364,8 @@ def elastic_net_fista(
         lr = jnp.asarray(lr).astype(dtype)
         z = y - lr * g.astype(dtype)
         diff = z - orig
-        shrunk = jnp.where(diff > beta, z - beta, jnp.where(diff < -beta, z + beta, orig))
+        b = _like(beta, dtype)
+        shrunk = jnp.where(diff > b, z - b, jnp.where(diff < -b, z + b, orig))
         adv_new = _clip(shrunk, lower, upper)
         k = k.astype(dtype)
         y_new = adv_new + ((k + 1.0) / (k + 4.0)) * (adv_new - adv)

@@ -41,10 +41,13 @@ def gaussian_perturbation(
     The standard normals have 16-bit resolution: each is the exact normal quantile of one of
     65536 equiprobable levels (so |z| <= 4.33; `jax.random.normal`'s float32 draws reach about
     5.4), two per 32-bit random word, looked up in a table. Sampling dominates LIME's cost, and
-    this is ~5x cheaper on CPU than `jax.random.normal`; the mean, variance and quantiles are
-    those of N(0, 1) to within 1/65536. The random bits come from the key's generator with
-    `jax.threefry_partitionable(False)` (2-5x faster bits on CPU; per-instance keys keep
-    sharded batches independent), whatever the global setting, so results do not depend on it.
+    this is several times cheaper on CPU than `jax.random.normal` (see `benchmarks/`); the
+    mean, variance and quantiles are those of N(0, 1) to within 1/65536. The random bits come
+    from the key's generator with `jax.threefry_partitionable(False)` (faster bits on CPU;
+    per-instance keys keep sharded batches independent), whatever the global setting, so
+    results do not depend on it.
+
+    Static arguments: `num_samples` (a shape); `x`, `scale` and `mean` may be traced.
 
     Args:
         key: a PRNG key (typed or legacy uint32).
@@ -97,6 +100,9 @@ def bernoulli_perturbation(
     map for an `[H, W, C]` image: a label covers all channels of its pixels) and labels
     `0..num_segments-1`: one mask entry per segment switches all its pixels.
     The masks compare raw uniform bits with `p * 2**32` (no floats are drawn).
+
+    Static arguments: `num_samples` and `num_segments` (shapes); `x`, `p`, `baseline` and
+    `segments` may be traced.
 
     Args:
         key: a PRNG key (typed or legacy uint32).
@@ -160,7 +166,7 @@ def bernoulli_perturbation(
 
 
 def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """uint32 random bits, drawn with the non-partitionable threefry (2-5x faster on CPU)."""
+    """uint32 random bits, drawn with the non-partitionable threefry (faster on CPU)."""
     with jax.threefry_partitionable(False):
         return jax.random.bits(key, shape, jnp.uint32)
 

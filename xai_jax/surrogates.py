@@ -55,6 +55,8 @@ def weighted_ridge(
     `score` is the weighted R^2, `1 - sum w (y - yhat)^2 / sum w (y - ybar_w)^2` (1 for a
     perfect fit of constant `y`, 0 for an imperfect one, as `sklearn.metrics.r2_score`).
 
+    Static arguments: `fit_intercept`; `X`, `y`, `sample_weight` and `alpha` may be traced.
+
     Args:
         X: `[n, d]` design matrix.
         y: `[n]` or `[n, k]` targets.

@@ -3,6 +3,12 @@
 `IntegratedGradients` is alibi's explainer (seed 001); `Explanation` is alibi's container;
 `LimeBase` is explainax's LIME explainer (seed 004); `ExplanationGenerator` the MAX library's
 CEM generator (seed 003).
+
+Wherever a wrapper takes a model it also takes a dm-haiku model, as `(hk.Transformed, params)`,
+`(hk.Transformed, params, rng)`, `(hk.TransformedWithState, params, state)` or
+`(hk.TransformedWithState, params, state, rng)`, with or without `hk.without_apply_rng`
+(`xai_jax._haiku_forms` decides how each is called). A stateful model runs in inference mode:
+its state is read, never updated, and the new state `apply` returns is discarded.
 """
 
 import json
@@ -16,10 +22,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
+from jax.typing import ArrayLike
 
+from xai_jax import _haiku_forms
 from xai_jax._blackbox import call
-from xai_jax._checks import as_float_array, check_choice, check_positive, check_positive_int
-from xai_jax._inputs import as_inputs, as_rows
+from xai_jax._checks import (
+    as_float_array,
+    check_choice,
+    check_positive,
+    check_positive_int,
+    is_concrete,
+)
+from xai_jax._inputs import as_forward_kwargs, as_inputs, as_rows
 from xai_jax._version import __version__
 from xai_jax.contrastive import GRADIENTS, MODES, cem_loss, contrastive_explanation
 from xai_jax.distances import METRICS
@@ -38,7 +52,7 @@ class Explanation:
     deltas, target). Fields of `data` and `meta` read as attributes: `explanation.attributions`.
     """
 
-    def __init__(self, meta: dict, data: dict):
+    def __init__(self, meta: Mapping[str, Any], data: Mapping[str, Any]):
         for name, value in (("meta", meta), ("data", data)):
             if not isinstance(value, Mapping):
                 raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
@@ -57,7 +71,7 @@ class Explanation:
 
     def to_json(self) -> str:
         """Both dicts as JSON; arrays become nested lists."""
-        return json.dumps({"meta": self.meta, "data": self.data}, default=_jsonable)
+        return json.dumps({"meta": dict(self.meta), "data": dict(self.data)}, default=_jsonable)
 
 
 def _jsonable(value):
@@ -66,27 +80,41 @@ def _jsonable(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _is_haiku_model(value) -> bool:
-    """True for an `hk.Transformed`; haiku is not imported for it (a model made with haiku has
-    already imported it, so when haiku is not loaded, `value` cannot be one)."""
-    hk = sys.modules.get("haiku")
-    return hk is not None and isinstance(value, hk.Transformed)
+def _composed(layer_fn: Callable, head_fn: Callable, x, **kwargs):
+    return head_fn(layer_fn(x, **kwargs), **kwargs)
 
 
-def _apply(apply: Callable, params, x, **kwargs):
-    return apply(params, None, x, **kwargs)
+def _as_function(value, name: str) -> Callable:
+    """A model argument as a callable: a haiku model form bound, a callable as it is."""
+    if _haiku_forms.is_model(value):
+        return _haiku_forms.bind(*_haiku_forms.as_model(value, name))
+    if not callable(value):
+        raise TypeError(
+            f"{name} must be a JAX callable or a haiku model ({_haiku_forms.FORMS}), got "
+            f"{type(value).__name__}"
+        )
+    return value
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 class IntegratedGradients:
     """alibi's `IntegratedGradients` for JAX models, on `integrated_gradients`.
 
     Args:
-        model: a JAX callable mapping a batch to outputs, or a `(hk.Transformed, params)` pair
-            (called as `apply(params, None, X)`; the params are arguments of the compiled
-            function, not constants baked into it).
+        model: a JAX callable mapping a batch to outputs, or a haiku model (the forms in the
+            module docstring: `(hk.Transformed, params)`, `(hk.Transformed, params, rng)`,
+            `(hk.TransformedWithState, params, state[, rng])`; the params, state and rng are
+            arguments of the compiled function, not constants baked into it).
         layer: None (attribute to the inputs), a haiku module name (with a haiku `model`, split
             by `xai_jax.haiku.split`), or a `(layer_fn, head_fn)` pair with
-            `model(x) == head_fn(layer_fn(x))`. Layer attributions are Captum's
+            `model(x) == head_fn(layer_fn(x))`, checked once against the model (at the first
+            `explain` after the model is set: the pair's output on `X` must match the model's
+            to within the square root of its dtype's resolution). Layer attributions are Captum's
             `LayerIntegratedGradients` (`layer_integrated_gradients`: the path runs in the
             layer's space); alibi interpolates in input space and takes the layer's gradients,
             which agrees for layers affine in the input.
@@ -94,7 +122,8 @@ class IntegratedGradients:
             e.g. `lambda p: jnp.argmax(p, axis=1)`.
         method: quadrature rule (see `xai_jax.quadrature`).
         n_steps: number of path points.
-        internal_batch_size: largest number of path points per model call.
+        internal_batch_size: largest number of path points per model call; None for all at
+            once.
 
     The model function is built once, so repeated `explain` calls with same-shaped inputs reuse
     the compiled executables. `reset_predictor` swaps the model.
@@ -114,35 +143,48 @@ class IntegratedGradients:
     def __init__(
         self,
         model,
-        layer=None,
+        layer: str | tuple | None = None,
         target_fn: Callable | None = None,
         method: str = "gausslegendre",
-        n_steps: int = 50,
-        internal_batch_size: int = 100,
+        n_steps: int | np.integer = 50,
+        internal_batch_size: int | np.integer | None = 100,
     ):
         self.method = check_choice("method", method, METHODS)
         self.n_steps = check_positive_int("n_steps", n_steps)
-        self.internal_batch_size = check_positive_int("internal_batch_size", internal_batch_size)
+        self.internal_batch_size = (
+            None
+            if internal_batch_size is None
+            else check_positive_int("internal_batch_size", internal_batch_size)
+        )
         if target_fn is not None and not callable(target_fn):
             raise TypeError(f"target_fn must be callable, got {type(target_fn).__name__}")
         self.target_fn = target_fn
+        is_pair = isinstance(layer, tuple) and len(layer) == 2 and all(map(callable, layer))
+        if not (layer is None or isinstance(layer, str) or is_pair):
+            raise TypeError(
+                "layer must be None, a haiku module name or a (layer_fn, head_fn) pair, "
+                f"got {layer!r}"
+            )
+        if isinstance(layer, str) and not layer:
+            raise ValueError("layer must name a haiku module, got ''")
         self.layer = layer
         self.reset_predictor(model)
 
     def reset_predictor(self, model) -> None:
         """Use another model (same forms as the constructor's `model`)."""
-        if isinstance(model, tuple) and len(model) == 2 and _is_haiku_model(model[0]):
-            self._haiku = model
-            self._model = Partial(_apply, model[0].apply, model[1])
+        if _haiku_forms.is_model(model):
+            self._haiku = _haiku_forms.as_model(model, "model")
+            self._model = _haiku_forms.bind(*self._haiku)
         elif callable(model):
             self._haiku = None
             self._model = model
         else:
             raise TypeError(
-                "model must be a JAX callable or a (hk.Transformed, params) pair, got "
-                f"{type(model).__name__}"
+                "model must be a JAX callable or a haiku model: an (hk.Transformed, params) "
+                f"pair, or {_haiku_forms.FORMS}; got {type(model).__name__}"
             )
         self._splits: dict[bool, tuple[Callable, Callable]] = {}
+        self._pair_checked = False  # a (layer_fn, head_fn) pair, against this model
         if self.layer is not None:
             self._split(False)  # check the layer now, not at the first explain
 
@@ -151,32 +193,54 @@ class IntegratedGradients:
             if isinstance(self.layer, str):
                 if self._haiku is None:
                     raise TypeError(
-                        f"layer={self.layer!r} names a haiku module, so model must be a "
-                        "(hk.Transformed, params) pair"
+                        f"layer={self.layer!r} names a haiku module, so model must be a haiku "
+                        f"model: an (hk.Transformed, params) pair, or {_haiku_forms.FORMS}"
                     )
-                transformed, params = self._haiku
+                transformed, params, state, rng = self._haiku
                 from xai_jax.haiku import split  # haiku loads with the first haiku model
 
                 self._splits[to_inputs] = split(
-                    transformed, params, self.layer, attribute_to_inputs=to_inputs
+                    transformed,
+                    params,
+                    self.layer,
+                    attribute_to_inputs=to_inputs,
+                    rng=rng,
+                    state=state,
                 )
-            elif (
-                isinstance(self.layer, tuple)
-                and len(self.layer) == 2
-                and all(callable(f) for f in self.layer)
-            ):
+            else:
                 if to_inputs:
                     raise ValueError(
                         "attribute_to_layer_inputs=True needs layer to be a haiku module name; "
                         "a (layer_fn, head_fn) pair fixes where the model is split"
                     )
                 self._splits[to_inputs] = self.layer
-            else:
-                raise TypeError(
-                    "layer must be None, a haiku module name or a (layer_fn, head_fn) pair, "
-                    f"got {self.layer!r}"
-                )
         return self._splits[to_inputs]
+
+    def _check_pair(self, x, kwargs: dict) -> None:
+        """Raise unless the `(layer_fn, head_fn)` pair computes the model on `x` (done once)."""
+        if self._pair_checked or not is_concrete((x, kwargs)):
+            return
+        layer_fn, head_fn = self.layer
+        want = np.asarray(call(self._model, x, kwargs))
+        got = np.asarray(call(Partial(_composed, layer_fn, head_fn), x, kwargs))
+        if got.shape != want.shape:
+            raise ValueError(
+                "layer=(layer_fn, head_fn) does not split this model: head_fn(layer_fn(X)) has "
+                f"shape {got.shape}, the model's output on X has shape {want.shape}"
+            )
+        dtype = want.dtype if np.issubdtype(want.dtype, np.floating) else np.float32
+        tol = float(np.sqrt(np.finfo(dtype).eps))
+        scale = 1.0 + float(np.max(np.abs(want), initial=0.0, where=np.isfinite(want)))
+        error = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        same = (error <= tol * scale) | (got == want) | (np.isnan(got) & np.isnan(want))
+        if not np.all(same):
+            raise ValueError(
+                "layer=(layer_fn, head_fn) does not split this model: head_fn(layer_fn(X)) "
+                f"differs from the model's output on X by up to {np.nanmax(error):.3g} (outputs "
+                f"up to {scale - 1.0:.3g}, tolerance {tol:.1e} relative); the pair must satisfy "
+                "model(x) == head_fn(layer_fn(x))"
+            )
+        self._pair_checked = True
 
     def explain(
         self,
@@ -184,7 +248,7 @@ class IntegratedGradients:
         forward_kwargs: Mapping[str, Any] | None = None,
         baselines=None,
         target=None,
-        attribute_to_layer_inputs: bool = False,
+        attribute_to_layer_inputs: bool | np.bool_ = False,
     ) -> Explanation:
         """Attributions for `X` (an array, or a list of arrays for a multi-input model).
 
@@ -204,11 +268,17 @@ class IntegratedGradients:
 
         Raises:
             ValueError: an empty batch, NaN/inf in `X` (checked before the model is called),
-                and as `integrated_gradients`.
+                a `(layer_fn, head_fn)` layer that does not compute the model on `X`, and as
+                `integrated_gradients`.
             TypeError: as `integrated_gradients`.
         """
-        inputs = as_inputs(X, "X").x  # checked before the model runs; integers promoted
+        to_inputs = _check_bool("attribute_to_layer_inputs", attribute_to_layer_inputs)
+        checked = as_inputs(X, "X")  # checked before the model runs; integers promoted
+        inputs = checked.x
         kwargs = dict(forward_kwargs or {})
+        if self.layer is not None and not isinstance(self.layer, str):
+            self._split(to_inputs)  # a pair splits at its outputs only
+            self._check_pair(inputs, as_forward_kwargs(forward_kwargs, checked.batch))
         predictions = None
         if target is None and self.target_fn is not None:
             predictions = call(self._model, inputs, kwargs)
@@ -224,7 +294,7 @@ class IntegratedGradients:
         if self.layer is None:
             attributions, deltas = integrated_gradients(self._model, inputs, baselines, **options)
         else:
-            layer_fn, head_fn = self._split(bool(attribute_to_layer_inputs))
+            layer_fn, head_fn = self._split(to_inputs)
             attributions, deltas = layer_integrated_gradients(
                 layer_fn, head_fn, inputs, baselines, **options
             )
@@ -240,7 +310,7 @@ class IntegratedGradients:
                     "n_steps": self.n_steps,
                     "internal_batch_size": self.internal_batch_size,
                     "layer": self.layer if isinstance(self.layer, str | None) else "callable",
-                    "attribute_to_layer_inputs": bool(attribute_to_layer_inputs),
+                    "attribute_to_layer_inputs": to_inputs,
                 },
                 "version": __version__,
             },
@@ -264,6 +334,10 @@ def _as_list(tree) -> list:
 
 def _keyword_call(func: Callable, name: str, extra: dict, x):
     return func(**{name: x}, **extra)
+
+
+def _positional_call(func: Callable, extra: dict, x):
+    return func(x, **extra)
 
 
 class _UserSampler(NamedTuple):
@@ -314,7 +388,9 @@ class LimeBase:
     Args:
         func: the black box, called as `func(**{input_parameter_name: rows},
             **additional_func_args)` on `[rows, d]`; JAX or not (NumPy/scikit-learn functions
-            run through `jax.pure_callback`).
+            run through `jax.pure_callback`). Or a haiku model (the forms in the module
+            docstring), called on the rows positionally: `apply(params, rng, rows,
+            **additional_func_args)` or its form's equivalent.
         additional_func_args: keyword arguments of `func` (e.g. `{"params": params}`; arrays
             in it are arguments of the compiled program, not constants).
         model_regressor: None or a scikit-learn regressor.
@@ -338,11 +414,11 @@ class LimeBase:
 
     def __init__(
         self,
-        func: Callable,
+        func: Callable | tuple,
         additional_func_args: Mapping[str, Any] | None = None,
         model_regressor: Any = None,
         kernel_func: Callable | None = None,
-        kernel_width: float | None = None,
+        kernel_width: ArrayLike | None = None,
         perturb_func: Callable | None = None,
         input_parameter_name: str = "x",
         pairwise_distances_metric: str = "euclidean",
@@ -367,10 +443,23 @@ class LimeBase:
                 stacklevel=2,
             )
             input_parameter_name = input_paramter_name
-        if not callable(func):
-            raise TypeError(f"func must be callable, got {type(func).__name__}")
+        haiku = _haiku_forms.is_model(func)
+        bound = _as_function(func, "func")
         if not isinstance(input_parameter_name, str):
             raise TypeError(f"input_parameter_name must be a str, got {input_parameter_name!r}")
+        if haiku and input_parameter_name != "x":
+            raise ValueError(
+                f"input_parameter_name={input_parameter_name!r} names func's keyword input, but "
+                "a haiku model takes its input positionally: leave input_parameter_name at 'x'"
+            )
+        for name, value in (("kernel_func", kernel_func), ("perturb_func", perturb_func)):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
+        if additional_func_args is not None and not isinstance(additional_func_args, Mapping):
+            raise TypeError(
+                "additional_func_args must be a dict of keyword arguments, got "
+                f"{type(additional_func_args).__name__}"
+            )
         check_choice("pairwise_distances_metric", pairwise_distances_metric, METRICS)
         if kernel_width is not None:
             check_positive("kernel_width", kernel_width)
@@ -389,9 +478,14 @@ class LimeBase:
         self.input_parameter_name = input_parameter_name
         self.pairwise_distances_metric = pairwise_distances_metric
         # one bound model for every call, so compiled programs are reused
-        self._model = Partial(_keyword_call, func, input_parameter_name, self.additional_func_args)
+        if haiku:
+            self._model = Partial(_positional_call, bound, self.additional_func_args)
+        else:
+            self._model = Partial(
+                _keyword_call, func, input_parameter_name, self.additional_func_args
+            )
 
-    def attribute(self, X, key=None, num_samples: int = 5000):
+    def attribute(self, X, key=None, num_samples: int | np.integer = 5000):
         """Surrogates of every row of `X`.
 
         Args:
@@ -444,7 +538,8 @@ class ExplanationGenerator:
     `optimizer` `"aoexpgrad"` / `"elastic_net_fista"` (or either function, or any
     `(**optimizer_kwargs) -> optax.GradientTransformation`); `gradient` `"autodiff"`, `"urv"`
     or `"numerical"`. The kwargs take the seed's spellings: `mode`, `c`, `gamma`, `K`, `AE`
-    (and the classifier as `inference` or `predict_fn`, or pass it to `run`); `l1`, `l2`, `eta`
+    (and the classifier as `inference` or `predict_fn`, or pass it to `run`; the classifier and
+    the autoencoder may be haiku models, in the forms of the module docstring); `l1`, `l2`, `eta`
     (and `lower`/`upper`); `mu`, `num_iter` (URV directions). As in the MAX library the search
     starts at zeros inside the default box, PP in `[0, x]` and PN in `[0, 1 - x]` (inputs in
     [0, 1]); `lower`/`upper` in `optimizer_kwargs` replace it.
@@ -470,8 +565,8 @@ class ExplanationGenerator:
         loss_kwargs: Mapping[str, Any] | None = None,
         optimizer_kwargs: Mapping[str, Any] | None = None,
         gradient_kwargs: Mapping[str, Any] | None = None,
-        num_iter: int = 1500,
-        save_freq: int = 500,
+        num_iter: int | np.integer = 1500,
+        save_freq: int | np.integer = 500,
     ):
         if isinstance(loss, str):
             loss = _LOSSES[check_choice("loss", loss, tuple(_LOSSES))]
@@ -484,6 +579,13 @@ class ExplanationGenerator:
         self.loss = loss
         self.optimizer = optimizer
         self.loss_kwargs = _renamed(loss_kwargs, _LOSS_KEYWORDS)
+        for name in ("predict_fn", "autoencoder"):
+            if self.loss_kwargs.get(name) is not None:
+                self.loss_kwargs[name] = _as_function(
+                    self.loss_kwargs[name], f"loss_kwargs[{name!r}]"
+                )
+        if loss is cem_loss and "mode" in self.loss_kwargs:
+            check_choice("mode", self.loss_kwargs["mode"], MODES)
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
         self.gradient_kwargs = _renamed(gradient_kwargs, _GRADIENT_KEYWORDS)
         if self.gradient_kwargs.get("mu", 0.0) is None:
@@ -491,13 +593,14 @@ class ExplanationGenerator:
         self.num_iter = check_positive_int("num_iter", num_iter)
         self.save_freq = check_positive_int("save_freq", save_freq)
 
-    def run(self, image, key=None, inference_call: Callable | None = None, progress=None):
+    def run(self, image, key=None, inference_call: Callable | tuple | None = None, progress=None):
         """Explain one input.
 
         Args:
             image: the instance (any shape, no batch axis).
             key: PRNG key for the URV gradient; None for `jax.random.key(0)`.
-            inference_call: the batched classifier, unless `loss_kwargs` has it.
+            inference_call: the batched classifier (a callable or a haiku model), unless
+                `loss_kwargs` has it.
             progress: show a tqdm bar; None shows one for runs of 1000+ steps on a terminal.
 
         Returns:
@@ -508,7 +611,7 @@ class ExplanationGenerator:
         x = as_float_array("image", image)
         loss_kwargs = dict(self.loss_kwargs)
         if inference_call is not None:
-            loss_kwargs["predict_fn"] = inference_call
+            loss_kwargs["predict_fn"] = _as_function(inference_call, "inference_call")
         if "predict_fn" not in loss_kwargs:
             raise ValueError("no classifier: pass inference_call or loss_kwargs['inference']")
         loss_fn = self.loss(x=x, **loss_kwargs)

@@ -1,6 +1,7 @@
 """exponential_kernel and shapley_kernel against their formulas; quadrature against Captum."""
 
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xai_jax import exponential_kernel, quadrature, shapley_kernel
-from xai_jax.quadrature import METHODS
+from xai_jax.quadrature import METHODS, rule
 
 
 def test_exponential_kernel_is_limes_formula(rng):
@@ -147,3 +148,26 @@ def test_quadrature_is_computed_once_and_embeds_under_jit():
     assert rule.cache_info().misses == 1
     out = jax.jit(lambda: quadrature("riemann_middle", 4))()
     np.testing.assert_allclose(np.asarray(out[0]), [0.125, 0.375, 0.625, 0.875])
+
+
+@pytest.mark.parametrize("n", [*range(1, 41), 64, 101, 256])
+def test_gauss_legendre_rule_is_numpys_leggauss(n):
+    # Captum builds the rule with NumPy's leggauss; ours is Newton on the recurrence. The
+    # smallest (edge) weights differ by up to ~1e-11 relative, leggauss's own error (against
+    # 40-digit mpmath at n=64: 5e-14 of the largest weight for leggauss, 3e-15 for ours)
+    alphas, weights = rule("gausslegendre", n)
+    nodes, w = np.polynomial.legendre.leggauss(n)
+    np.testing.assert_allclose(alphas, (nodes + 1) / 2, rtol=0, atol=2e-16)
+    np.testing.assert_allclose(weights, w / 2, rtol=1e-10)
+    assert abs(weights.sum() - 1) < 1e-14
+
+
+def test_many_gauss_legendre_steps_build_in_linear_memory():
+    # leggauss's n x n companion matrix took 48 s at 10**4 steps and 74.5 GiB at 10**5
+    start = time.perf_counter()
+    alphas, weights = rule("gausslegendre", 10**4)
+    assert time.perf_counter() - start < 10
+    assert np.all(np.diff(alphas) > 0) and alphas[0] > 0 and alphas[-1] < 1
+    assert abs(weights.sum() - 1) < 1e-13
+    # exact for polynomials of degree < 2n: the integral of a degree-1999 monomial on [0, 1]
+    assert abs(np.sum(weights * alphas**1999) - 1 / 2000) < 1e-15

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from xai_jax import _chunks
 from xai_jax._checks import is_concrete, is_traced
@@ -128,7 +129,7 @@ class HostFunction:
         spec = jax.ShapeDtypeStruct((rows.shape[0], *self.out_tail), self.dtype)
         return jax.pure_callback(self._host, spec, rows, vmap_method="sequential")
 
-    def _host(self, rows: np.ndarray) -> np.ndarray:
+    def _host(self, rows: ArrayLike) -> np.ndarray:  # a NumPy array, or a JAX one eagerly
         out = np.asarray(self.fn(np.asarray(rows)))
         expected = (rows.shape[0], *self.out_tail)
         if out.shape != expected:

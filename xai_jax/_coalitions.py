@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from jaxtyping import Array, Bool, Float, Shaped
+from jaxtyping import Array, Bool, Float, Real, Shaped
 
 from xai_jax._checks import as_float_array, as_key, check_positive_int
 from xai_jax._linalg import solve_psd
@@ -124,9 +124,9 @@ def _coalitions(key: jax.Array, num_features: int, num_samples: int) -> tuple[ja
 
 def shapley_regression(
     masks: Shaped[ArrayLike, "S M"],
-    values: Float[ArrayLike, " S *k"],
-    weights: Float[ArrayLike, " S"],
-    total: Float[ArrayLike, " *k"],
+    values: Real[ArrayLike, " S *k"],
+    weights: Real[ArrayLike, " S"],
+    total: Real[ArrayLike, " *k"],
 ) -> Float[Array, " M *k"]:
     """Shapley values from coalition values by KernelSHAP's constrained weighted least squares.
 

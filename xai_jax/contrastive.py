@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
-from jaxtyping import Float
+from jaxtyping import Real
 
 from xai_jax import _chunks
 from xai_jax._blackbox import as_model
@@ -81,11 +81,11 @@ class CEMLoss(NamedTuple):
 def cem_loss(
     mode: str,
     predict_fn: Callable,
-    x: Float[ArrayLike, "*features"],
+    x: Real[ArrayLike, "*features"],
     *,
-    c: float = 1.0,
-    gamma: float = 10.0,
-    kappa: float = 10.0,
+    c: ArrayLike = 1.0,
+    gamma: ArrayLike = 10.0,
+    kappa: ArrayLike = 10.0,
     autoencoder: Callable | None = None,
 ) -> CEMLoss:
     """The MAX library's CEM loss of a perturbation `delta` of one instance `x`.
@@ -168,14 +168,14 @@ class ContrastiveResult(NamedTuple):
 def contrastive_explanation(
     key: ArrayLike,
     loss_fn: Callable,
-    x0: Float[ArrayLike, "*features"],
+    x0: Real[ArrayLike, "*features"],
     *,
     optimizer: optax.GradientTransformation,
     gradient: str = "autodiff",
     num_iter: int = 1500,
     save_freq: int = 500,
-    lower: Float[ArrayLike, "*features"] | float | None = None,
-    upper: Float[ArrayLike, "*features"] | float | None = None,
+    lower: Real[ArrayLike, "*features"] | None = None,
+    upper: Real[ArrayLike, "*features"] | None = None,
     gradient_kwargs: dict | None = None,
     callback: Callable[[int], Any] | None = None,
 ) -> ContrastiveResult:

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Real
 
 from xai_jax._checks import as_float_array, check_choice
 
@@ -20,8 +20,8 @@ _SNAP_ULPS = 64.0
 
 
 def pairwise_distances(
-    x: Float[ArrayLike, "n d"],
-    y: Float[ArrayLike, "m d"] | None = None,
+    x: Real[ArrayLike, "n d"],
+    y: Real[ArrayLike, "m d"] | None = None,
     *,
     metric: str = "euclidean",
 ) -> Float[Array, "n m"]:

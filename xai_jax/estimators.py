@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Real
 
 from xai_jax import _chunks
 from xai_jax._checks import (
@@ -31,9 +31,9 @@ _CHUNK_BYTES = 8 * 2**20
 
 def numerical_gradient(
     fn: Callable[..., ArrayLike],
-    x: Float[ArrayLike, " batch *features"],
+    x: Real[ArrayLike, " batch *features"],
     *,
-    eps: float | ArrayLike | None = None,
+    eps: ArrayLike | None = None,
     args: tuple = (),
     batch_size: int | None = None,
 ) -> Float[Array, " batch *outputs_then_features"]:
@@ -184,10 +184,10 @@ def _steps(eps, flat: jax.Array, feature_shape: tuple[int, ...]) -> jax.Array:
 def urv_gradient(
     key: ArrayLike,
     fn: Callable[[Array], ArrayLike],
-    x: Float[ArrayLike, "*features"],
+    x: Real[ArrayLike, "*features"],
     *,
     num_samples: int = 100,
-    mu: float | ArrayLike | None = None,
+    mu: ArrayLike | None = None,
     step: int | ArrayLike = 1,
     batch_size: int | None = None,
 ) -> Float[Array, "*features"]:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float, Int, Real
 
 from xai_jax import _chunks
 from xai_jax._blackbox import as_model, mark_invalid, selected
@@ -74,8 +74,8 @@ def _shap_chunk(config: _ShapConfig, rows: dict):
 def kernel_shap(
     key: ArrayLike,
     fn: Callable,
-    x: Float[ArrayLike, "n d"],
-    background: Float[ArrayLike, "b d"],
+    x: Real[ArrayLike, "n d"],
+    background: Real[ArrayLike, "b d"],
     *,
     num_samples: int = 2048,
     target: Int[ArrayLike, "*n"] | None = None,

@@ -2,12 +2,13 @@
 
 import functools
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float, Real
 
 from xai_jax import _coalitions
 from xai_jax._checks import as_float_array, check_positive, check_positive_int, is_concrete
@@ -16,7 +17,7 @@ __all__ = ["exponential_kernel", "shapley_kernel"]
 
 
 def exponential_kernel(
-    distances: Float[ArrayLike, "..."], kernel_width: float | ArrayLike
+    distances: Real[ArrayLike, "..."], kernel_width: ArrayLike
 ) -> Float[Array, "..."]:
     """lime's similarity kernel `sqrt(exp(-d**2 / kernel_width**2))`.
 
@@ -59,9 +60,7 @@ def exponential_kernel(
     return jnp.exp(-0.5 * jnp.square(distances / width))
 
 
-def shapley_kernel(
-    num_features: int, coalition_sizes: Int[ArrayLike, "..."]
-) -> Float[Array, "..."]:
+def shapley_kernel(num_features: int, coalition_sizes: ArrayLike) -> Float[Array, "..."]:
     """KernelSHAP's weight of one coalition of a given size.
 
     `pi(s) = (M - 1) / (binom(M, s) * s * (M - s))` for `M = num_features`. The empty and full

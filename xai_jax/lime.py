@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from jaxtyping import Float, Int
+from jaxtyping import Int, Real
 
 from xai_jax import _chunks
 from xai_jax._blackbox import as_model, mark_invalid, selected
@@ -140,7 +140,7 @@ def _neighbourhoods(config: _Config, rows: dict):
     return Z, y, weights
 
 
-def select(Z, y, weights, *, num_features: int, feature_selection: str) -> jax.Array:
+def select(Z, y, weights, *, num_features: int | None, feature_selection: str) -> jax.Array:
     """lime's feature selection for one neighbourhood: a `[F]` mask (all True for `none`)."""
     if feature_selection == "none":
         return jnp.ones(Z.shape[1], bool)
@@ -201,22 +201,22 @@ def _fit_regressor(regressor, Z, y, weights, keep) -> LimeResult:
 def lime(
     key: ArrayLike,
     fn: Callable,
-    x: Float[ArrayLike, "n d"],
+    x: Real[ArrayLike, "n d"],
     *,
     num_samples: int = 5000,
     perturbation: str = "gaussian",
-    scale: Float[ArrayLike, " d"] | float = 1.0,
-    mean: Float[ArrayLike, " d"] | None = None,
-    kernel_width: float | None = None,
+    scale: ArrayLike = 1.0,
+    mean: ArrayLike | None = None,
+    kernel_width: ArrayLike | None = None,
     distance_metric: str | None = None,
-    alpha: float = 1.0,
+    alpha: ArrayLike = 1.0,
     num_features: int | None = None,
     feature_selection: str = "none",
     target: Int[ArrayLike, "*n"] | None = None,
     regressor: Any = None,
-    segments: Int[ArrayLike, "*n d"] | None = None,
+    segments: ArrayLike | None = None,
     num_segments: int | None = None,
-    baseline: Float[ArrayLike, " d"] | float = 0.0,
+    baseline: ArrayLike = 0.0,
     batch_size: int | None = None,
 ) -> LimeResult:
     """LIME: a weighted linear surrogate of `fn` around each row of `x`, as the `lime` package.
@@ -372,7 +372,7 @@ def local_surrogates(
     metric: str,
     num_features: int | None = None,
     feature_selection: str = "none",
-    alpha: float = 1.0,
+    alpha: ArrayLike = 1.0,
     target=None,
     regressor=None,
     extra=None,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.typing import ArrayLike
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float, Int, Real
 
 from xai_jax._checks import check_bounds, check_positive, is_traced
 
@@ -38,7 +38,7 @@ __all__ = [
 _NEWTON_STEPS = 4
 
 
-def _lambertw_exp(a: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
+def _lambertw_exp(a: Real[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
     """`W0(exp(a))` (the Wright omega function) for real `a`, without forming `exp(a)`.
 
     Solves `w + log(w) = a` by Newton's method, vectorised and in the dtype of `a`. Starts:
@@ -125,12 +125,12 @@ class AoExpGradState(NamedTuple):
 
 
 def aoexpgrad(
-    l1: float = 0.5,
-    l2: float = 0.5,
-    eta: float = 1.0,
+    l1: ArrayLike = 0.5,
+    l2: ArrayLike = 0.5,
+    eta: ArrayLike = 1.0,
     *,
-    lower: float | ArrayLike | None = None,
-    upper: float | ArrayLike | None = None,
+    lower: ArrayLike | None = None,
+    upper: ArrayLike | None = None,
 ) -> optax.GradientTransformation:
     """Adaptive optimistic exponentiated gradient (AO-ExpGrad), as in MAX's `AoExpGradOptimizer`.
 
@@ -278,11 +278,11 @@ class ElasticNetFistaState(NamedTuple):
 
 
 def elastic_net_fista(
-    learning_rate: float | optax.Schedule = 1e-2,
-    beta: float = 0.1,
+    learning_rate: ArrayLike | optax.Schedule = 1e-2,
+    beta: ArrayLike = 0.1,
     *,
-    lower: float | ArrayLike | None = None,
-    upper: float | ArrayLike | None = None,
+    lower: ArrayLike | None = None,
+    upper: ArrayLike | None = None,
 ) -> optax.GradientTransformation:
     """FISTA with shrinkage towards the starting point, the optimiser of alibi's CEM.
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Real
 
 from xai_jax._checks import (
     as_float_array,
@@ -25,11 +25,11 @@ __all__ = ["bernoulli_perturbation", "gaussian_perturbation", "random_bits", "st
 
 def gaussian_perturbation(
     key: ArrayLike,
-    x: Float[ArrayLike, "*features"],
+    x: Real[ArrayLike, "*features"],
     num_samples: int,
     *,
-    scale: Float[ArrayLike, "*features"] | float = 1.0,
-    mean: Float[ArrayLike, "*features"] | None = None,
+    scale: ArrayLike = 1.0,
+    mean: ArrayLike | None = None,
 ) -> Float[Array, " num_samples *features"]:
     """Gaussian neighbourhood of one instance, row 0 being the instance itself.
 
@@ -83,12 +83,12 @@ def gaussian_perturbation(
 
 def bernoulli_perturbation(
     key: ArrayLike,
-    x: Float[ArrayLike, "*features"],
+    x: Real[ArrayLike, "*features"],
     num_samples: int,
     *,
-    p: float = 0.5,
-    baseline: Float[ArrayLike, "*features"] | float = 0.0,
-    segments: Int[ArrayLike, "*features"] | None = None,
+    p: ArrayLike = 0.5,
+    baseline: ArrayLike = 0.0,
+    segments: ArrayLike | None = None,
     num_segments: int | None = None,
 ) -> tuple[Bool[Array, "num_samples num_features"], Float[Array, " num_samples *features"]]:
     """Random on/off masks over features (or segments) and the model inputs they give.

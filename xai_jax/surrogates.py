@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Real
 
 from xai_jax._checks import (
     as_float_array,
@@ -36,11 +36,11 @@ class RidgeFit(NamedTuple):
 
 
 def weighted_ridge(
-    X: Float[ArrayLike, "n d"],
-    y: Float[ArrayLike, " n *k"],
-    sample_weight: Float[ArrayLike, " n"] | None = None,
+    X: Real[ArrayLike, "n d"],
+    y: Real[ArrayLike, " n *k"],
+    sample_weight: Real[ArrayLike, " n"] | None = None,
     *,
-    alpha: float | ArrayLike = 1.0,
+    alpha: ArrayLike = 1.0,
     fit_intercept: bool = True,
 ) -> RidgeFit:
     """Ridge regression with sample weights, with `sklearn.linear_model.Ridge`'s coefficients.
@@ -136,9 +136,9 @@ _LARS_MIN_PIVOT_SQ = 1e-14
 
 
 def select_features(
-    X: Float[ArrayLike, "n d"],
-    y: Float[ArrayLike, " n"],
-    sample_weight: Float[ArrayLike, " n"],
+    X: Real[ArrayLike, "n d"],
+    y: Real[ArrayLike, " n"],
+    sample_weight: Real[ArrayLike, " n"],
     *,
     num_features: int,
     method: str = "auto",

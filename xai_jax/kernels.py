@@ -60,7 +60,9 @@ def exponential_kernel(
     return jnp.exp(-0.5 * jnp.square(distances / width))
 
 
-def shapley_kernel(num_features: int, coalition_sizes: ArrayLike) -> Float[Array, "..."]:
+def shapley_kernel(
+    num_features: int, coalition_sizes: ArrayLike | Sequence[int]
+) -> Float[Array, "..."]:
     """KernelSHAP's weight of one coalition of a given size.
 
     `pi(s) = (M - 1) / (binom(M, s) * s * (M - s))` for `M = num_features`. The empty and full

@@ -473,3 +473,29 @@ def test_traced_out_of_range_target_gives_nan_not_a_clamped_answer():
     explain = jax.jit(lambda t: lime(K, _vec, _x, num_samples=50, target=t).coef)
     out = np.asarray(explain(jnp.array([1, 2])))
     assert np.isfinite(out[0]).all() and np.isnan(out[1]).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_features": 1}, "num_features=1 needs a feature_selection other than 'none'"),
+        ({"num_segments": 2}, "num_segments is only used with perturbation='bernoulli'"),
+        ({"baseline": 0.5}, "baseline is only used with perturbation='bernoulli'"),
+        ({"baseline": jnp.zeros(4)}, "baseline is only used with perturbation='bernoulli'"),
+        ({"perturbation": "bernoulli", "scale": 2.0}, "scale is only used with perturbation='g"),
+    ],
+)
+def test_options_the_chosen_method_does_not_use_raise(kwargs, match):
+    # they were silently ignored, while mean/segments with the wrong perturbation raised
+    with pytest.raises(ValueError, match=match):
+        lime(K, _f, _x, **kwargs)
+
+
+def test_underflowing_kernel_weights_give_nan_and_a_warning():
+    # kernel_width=1e-30: only the instance itself keeps weight; the fit used to say coef=0,
+    # score=1.0
+    with pytest.warns(RuntimeWarning, match="fewer than two samples with nonzero kernel weight"):
+        res = lime(K, _f, _x, kernel_width=1e-30, num_samples=8)
+    assert all(np.isnan(np.asarray(a)).all() for a in res)
+    ok = lime(K, _f, _x, num_samples=8)  # the default width: finite, no warning
+    assert all(np.isfinite(np.asarray(a)).all() for a in ok)

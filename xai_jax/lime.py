@@ -11,6 +11,7 @@ compiled chunk when called eagerly, `lax.map` under `jit` (`xai_jax._chunks.map_
 """
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -158,7 +159,17 @@ def fit_surrogate(Z, y, weights, keep, *, alpha) -> LimeResult:
     design = Z * keep.astype(Z.dtype)[None]
     fit = weighted_ridge(design, y, weights, alpha=alpha)
     local = fit.coef @ design[0] + fit.intercept
-    return LimeResult(fit.coef, fit.intercept, fit.score, local)
+    return _unless_weighted(LimeResult(fit.coef, fit.intercept, fit.score, local), weights)
+
+
+def _unless_weighted(result: LimeResult, weights) -> LimeResult:
+    """NaN for a neighbourhood where fewer than two samples carry kernel weight (all the others
+    underflowed: a tiny `kernel_width`): a fit through one point is no explanation."""
+    few = jnp.sum(weights > 0, axis=-1) < 2
+    return jax.tree.map(
+        lambda a: jnp.where(few.reshape(few.shape + (1,) * (a.ndim - few.ndim)), jnp.nan, a),
+        result,
+    )
 
 
 def _lime_chunk(config: _Config, rows: dict):
@@ -283,11 +294,16 @@ def lime(
     Returns:
         `LimeResult(coef [n, F], intercept [n], score [n], local_pred [n])`, `F` being `d` or
         the number of segments; an empty `x` (`n = 0`) gives an empty result, `fn` not called.
+        A row whose neighbourhood has fewer than two samples with nonzero kernel weight (all
+        but the instance underflowed: `kernel_width` too small) is NaN, and an eager call warns
+        (`RuntimeWarning`) when any row is NaN.
 
     Raises:
         ValueError: `x` not 2-D, unknown `perturbation`/`feature_selection`/`distance_metric`,
-            `num_features` outside `[1, F]`, segments of the wrong shape, `mean` or `segments`
-            with the wrong perturbation, a black box whose output does not have one row per
+            `num_features` outside `[1, F]` or other than `F` with `feature_selection='none'`,
+            segments of the wrong shape, an option of the other perturbation (`scale`, `mean`
+            for Gaussian; `segments`, `num_segments`, `baseline` for Bernoulli) given other
+            than its default, a black box whose output does not have one row per
             input row, a target out of range or missing for a vector output, a key array
             whose length is not `n`, NaN/inf in a concrete `x`, `scale`, `mean` or `baseline`
             (traced ones give non-finite results in the rows they touch).
@@ -311,8 +327,12 @@ def lime(
     d = x.shape[1]
     gaussian = perturbation == "gaussian"
     if gaussian:
-        if segments is not None:
-            raise ValueError("segments is only used with perturbation='bernoulli'")
+        for name, value, default in (
+            ("segments", segments, None), ("num_segments", num_segments, None),
+            ("baseline", baseline, 0.0),
+        ):  # fmt: skip
+            if not _is_default(value, default):
+                raise ValueError(f"{name} is only used with perturbation='bernoulli'")
         check_positive("scale", scale, allow_zero=True)
         sample = GaussianNeighbourhood(
             num_samples,
@@ -321,8 +341,9 @@ def lime(
         )
         extra, num_feats = None, d
     else:
-        if mean is not None:
-            raise ValueError("mean is only used with perturbation='gaussian'")
+        for name, value, default in (("mean", mean, None), ("scale", scale, 1.0)):
+            if not _is_default(value, default):
+                raise ValueError(f"{name} is only used with perturbation='gaussian'")
         extra, num_feats = _as_segments(segments, num_segments, x)
         sample = BernoulliNeighbourhood(
             num_samples,
@@ -340,6 +361,11 @@ def lime(
     num_features = check_positive_int("num_features", num_features)
     if num_features > num_feats:
         raise ValueError(f"num_features={num_features} exceeds the {num_feats} features")
+    if feature_selection == "none" and num_features != num_feats:
+        raise ValueError(
+            f"num_features={num_features} needs a feature_selection other than 'none' (one of "
+            f"{SELECTION_METHODS[1:]}); 'none' fits all {num_feats} features"
+        )
     if regressor is not None and not all(hasattr(regressor, a) for a in ("fit", "predict")):
         raise TypeError(f"regressor must be a scikit-learn regressor, got {regressor!r}")
 
@@ -359,6 +385,14 @@ def lime(
         extra=extra,
         batch_size=batch_size,
     )
+
+
+def _is_default(value, default) -> bool:
+    """Whether an option keeps its default: None, or a Python number equal to it (an array or
+    a traced value counts as given)."""
+    if default is None or value is None:
+        return value is default
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == default
 
 
 def local_surrogates(
@@ -411,8 +445,16 @@ def local_surrogates(
     chunk = _chunks.instances_per_chunk(n, num_samples, batch_size)
     result = _chunks.map_rows(_lime_chunk, config, rows, n, chunk)
     if regressor is not None:
-        result = _fit_regressor(regressor, *result)
-    return mark_invalid(result, t.valid)
+        result = _unless_weighted(_fit_regressor(regressor, *result), result[2])
+    result = mark_invalid(result, t.valid)
+    if not is_traced(result) and bool(jnp.isnan(result.score).any()):
+        warnings.warn(
+            "some rows have NaN surrogates: fewer than two samples with nonzero kernel weight "
+            "(kernel_width too small for the distances?) or non-finite black-box outputs",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return result
 
 
 def _as_segments(segments, num_segments, x: jax.Array):

@@ -457,7 +457,7 @@ BAD = [
     (lambda: LimeBase(_f, pairwise_distances_metric="hamming"), ValueError, "pairwise_distances_metric='hamming' is not one of"),
     (lambda: LimeBase(_f, kernel_width=-1.0), ValueError, "kernel_width must be > 0"),
     (lambda: LimeBase(_f, model_regressor="ridge"), TypeError, "model_regressor must be a scikit-learn regressor"),
-    (lambda: LimeBase("f"), TypeError, "func must be callable"),
+    (lambda: LimeBase("f"), TypeError, "func must be a JAX callable"),
     (lambda: LimeBase(_f).attribute(jnp.ones(3)), ValueError, "X must be 2-D"),
     (lambda: LimeBase(_f).attribute(_x, num_samples=0), ValueError, "num_samples must be >= 1"),
 ]  # fmt: skip

@@ -434,3 +434,19 @@ def _descend_once(optimizer):
     x = jnp.array([0.3, -0.2, 0.1])
     updates, _ = optimizer.update(x - 1.0, optimizer.init(x), x)
     return np.asarray(optax.apply_updates(x, updates))
+
+
+def test_a_nan_gradient_gives_nan_iterates_not_a_frozen_zero():
+    opt = aoexpgrad(l1=0.1, l2=0.5)
+    x = jnp.array([0.3, -0.2, 0.1])
+    state = opt.init(x)
+    updates, state = opt.update(jnp.array([jnp.nan, 1.0, 1.0]), state, x)
+    x = optax.apply_updates(x, updates)
+    updates, state = opt.update(jnp.ones(3), state, x)  # lam is NaN from now on
+    assert np.isnan(np.asarray(state.x)).all()
+
+
+@pytest.mark.parametrize("make", [aoexpgrad, elastic_net_fista])
+def test_integer_params_are_refused(make):
+    with pytest.raises(TypeError, match="needs floating params, got int32"):
+        make().init(jnp.array([1, 2], jnp.int32))

@@ -82,6 +82,7 @@ def test_score_of_constant_targets_follows_r2_score():
         (lambda: weighted_ridge(jnp.ones((3, 2)), jnp.ones(3), -jnp.ones(3)), ValueError, "sample_weight must be >= 0"),
         (lambda: weighted_ridge(jnp.ones((3, 2)), jnp.ones(3), jnp.zeros(3)), ValueError, "at least one positive"),
         (lambda: weighted_ridge(jnp.ones((3, 2)), jnp.ones(3), alpha=-1.0), ValueError, "alpha must be >= 0"),
+        (lambda: weighted_ridge(jnp.ones((3, 2)), jnp.ones(3), fit_intercept="False"), TypeError, "fit_intercept must be a bool, got str 'False'"),
     ],
 )  # fmt: skip
 def test_errors(call, error, match):

@@ -57,6 +57,14 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
+def check_bool(name: str, value) -> bool:
+    """Raise unless `value` is a Python or NumPy bool (a truthy string such as "False" is not
+    taken as True); return it as `bool`."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def check_positive_int(name: str, value, minimum: int = 1) -> int:
     """Raise unless `value` is a Python/NumPy integer >= `minimum`; return it as `int`."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

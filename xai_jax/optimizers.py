@@ -96,6 +96,18 @@ def _check_real(name: str, value) -> float | jax.Array:
     return float(value)
 
 
+def _floating_params(name: str, params: optax.Params) -> optax.Params:
+    """The params as arrays; integer ones are refused (their updates would round to 0)."""
+    params = jax.tree.map(jnp.asarray, params)
+    for leaf in jax.tree.leaves(params):
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise TypeError(
+                f"{name} needs floating params, got {leaf.dtype} (integer iterates never move: "
+                "cast them, e.g. x.astype(jnp.float32))"
+            )
+    return params
+
+
 def _like(value: float | jax.Array, dtype) -> float | jax.Array:
     """A hyper-parameter in the iterate's dtype: a Python float stays weakly typed."""
     return value if isinstance(value, float) else jnp.asarray(value).astype(dtype)
@@ -201,7 +213,7 @@ def aoexpgrad(
     check_bounds(lower, upper)
 
     def init_fn(params: optax.Params) -> AoExpGradState:
-        params = jax.tree.map(jnp.asarray, params)
+        params = _floating_params("aoexpgrad", params)
         return AoExpGradState(
             count=jnp.zeros([], jnp.int32),
             x=params,
@@ -240,8 +252,10 @@ def aoexpgrad(
         else:  # both branches, the zero one fed a harmless l2 so that neither makes NaN
             zero = l2 == 0.0
             v = jnp.where(zero, lasso(), elastic(jnp.where(zero, 1.0, l2).astype(dtype)))
-        # where, not sign(z) * v: thresholded entries are +0, not -0
-        x = _clip(jnp.where(v > 0.0, jnp.sign(z) * v, 0.0), lower, upper)
+        # where, not sign(z) * v: thresholded entries are +0, not -0; a NaN gradient (or a
+        # NaN `lam` after one) makes NaN entries, never a thresholded finite 0
+        x = jnp.where(jnp.isnan(z), jnp.nan, jnp.where(v > 0.0, jnp.sign(z) * v, 0.0))
+        x = _clip(x, lower, upper)
         y = (t / big_b) * x + ((big_b - t) / big_b) * y
         return x, y, lam
 
@@ -356,7 +370,7 @@ def elastic_net_fista(
     check_bounds(lower, upper)
 
     def init_fn(params: optax.Params) -> ElasticNetFistaState:
-        params = jax.tree.map(jnp.asarray, params)
+        params = _floating_params("elastic_net_fista", params)
         return ElasticNetFistaState(count=jnp.zeros([], jnp.int32), adv=params, orig=params)
 
     def leaf_step(lr, k, g: Array, y: Array, adv: Array, orig: Array):

@@ -10,6 +10,7 @@ from jaxtyping import Array, Bool, Real
 
 from xai_jax._checks import (
     as_float_array,
+    check_bool,
     check_choice,
     check_positive,
     check_positive_int,
@@ -71,6 +72,7 @@ def weighted_ridge(
         ValueError: wrong ranks or row counts (at least one row), negative `alpha`, negative or
             all-zero weights, NaN/inf in a concrete `X`, `y` or `sample_weight` (traced ones
             make the whole fit NaN, score included).
+        TypeError: `fit_intercept` not a bool (a string such as "False" is refused).
 
     Example:
         >>> import jax.numpy as jnp
@@ -87,6 +89,7 @@ def weighted_ridge(
     if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
         raise ValueError(f"y must be [n] or [n, k] with n = {X.shape[0]} rows of X, got {y.shape}")
     check_positive("alpha", alpha, allow_zero=True)
+    fit_intercept = check_bool("fit_intercept", fit_intercept)
     dtype = jnp.result_type(X, y)
     if sample_weight is None:
         w = jnp.ones(X.shape[0], dtype)

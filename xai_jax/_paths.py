@@ -294,7 +294,7 @@ def integrate(
     def attribute(ops: Operands, batch: int):
         dtype = jax.tree.leaves(ops.x)[0].dtype
         table, num_chunks, per_chunk = path_table(points, batch, ibs, dtype)
-        config = IGConfig(fn, per_chunk, bool(multiply_by_inputs), bool(delta))
+        config = IGConfig(fn, per_chunk, multiply_by_inputs, delta)
         hidden = _chunks.call(_hidden_ends, config, ops)
         like = hidden[0] if hidden else ops.x  # the sum's shapes
         path_ops = PathOperands(ops, table, hidden)

@@ -12,6 +12,7 @@ from typing import Any
 import haiku as hk
 from jax.typing import ArrayLike
 
+from xai_jax._checks import check_bool
 from xai_jax._haiku_forms import bind
 from xai_jax._layer_split import split_at
 
@@ -112,10 +113,7 @@ def split(
     apply = bind(transformed, params, state, rng)
     if not isinstance(module_name, str):
         raise TypeError(f"module_name must be a str, got {type(module_name).__name__}")
-    if not isinstance(attribute_to_inputs, bool):
-        raise TypeError(
-            f"attribute_to_inputs must be a bool, got {type(attribute_to_inputs).__name__}"
-        )
+    attribute_to_inputs = check_bool("attribute_to_inputs", attribute_to_inputs)
 
     def intercept(x, kwargs: dict, on_layer: Callable):
         called = []

@@ -25,7 +25,7 @@ from jaxtyping import Array, Float, Int, PyTree
 
 from xai_jax import _chunks, _paths
 from xai_jax._blackbox import mark_invalid, model_output
-from xai_jax._checks import as_key, check_positive, check_positive_int
+from xai_jax._checks import as_key, check_bool, check_positive, check_positive_int
 from xai_jax._inputs import as_background, as_inputs, as_target
 from xai_jax.layer_attribution import (
     layer_conductance,
@@ -130,6 +130,8 @@ def integrated_gradients(
     """
 
     n_steps = check_rule(method, n_steps)
+    by_inputs = check_bool("multiply_by_inputs", multiply_by_inputs)
+    delta = check_bool("return_convergence_delta", return_convergence_delta)
     ibs = _paths.check_internal_batch_size(internal_batch_size)
     inputs = as_inputs(x)
     ops = _paths.operands(fn, inputs, baselines, target, forward_kwargs)
@@ -138,8 +140,8 @@ def integrated_gradients(
         ops,
         rule(method, n_steps),
         ibs,
-        multiply_by_inputs=multiply_by_inputs,
-        delta=return_convergence_delta,
+        multiply_by_inputs=by_inputs,
+        delta=delta,
     )
 
 

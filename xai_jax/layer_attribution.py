@@ -20,7 +20,7 @@ from jaxtyping import Array, Float, Int, PyTree
 
 from xai_jax import _chunks, _paths
 from xai_jax._blackbox import call, model_output, shape_of
-from xai_jax._checks import check_positive_int
+from xai_jax._checks import check_bool, check_positive_int
 from xai_jax._inputs import as_baselines, as_forward_kwargs, as_inputs, as_target
 from xai_jax.quadrature import check_rule, rule
 
@@ -73,6 +73,8 @@ def layer_integrated_gradients(
         Array([[ 0.761..., -0.964...]], dtype=float32)
     """
     n_steps = check_rule(method, n_steps)
+    by_inputs = check_bool("multiply_by_inputs", multiply_by_inputs)
+    delta = check_bool("return_convergence_delta", return_convergence_delta)
     ibs = _paths.check_internal_batch_size(internal_batch_size)
     inputs = as_inputs(x)
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
@@ -94,8 +96,8 @@ def layer_integrated_gradients(
         ops,
         rule(method, n_steps),
         ibs,
-        multiply_by_inputs=multiply_by_inputs,
-        delta=return_convergence_delta,
+        multiply_by_inputs=by_inputs,
+        delta=delta,
     )
 
 
@@ -158,6 +160,7 @@ def layer_conductance(
     """
     n_steps = check_positive_int("n_steps", n_steps)
     check_rule(method, n_steps + 1)
+    delta = check_bool("return_convergence_delta", return_convergence_delta)
     ibs = _paths.check_internal_batch_size(internal_batch_size)
     inputs = as_inputs(x)
     model = _paths.Composed(layer_fn, head_fn)
@@ -165,7 +168,7 @@ def layer_conductance(
     dtype = jax.tree.leaves(inputs.x)[0].dtype
     points = rule(method, n_steps + 1)
     table, num_chunks, per_chunk = _paths.path_table(points, inputs.batch, ibs, dtype, overlap=True)
-    config = _ConductanceConfig(layer_fn, head_fn, per_chunk, bool(return_convergence_delta))
+    config = _ConductanceConfig(layer_fn, head_fn, per_chunk, delta)
     layer = shape_of(layer_fn, inputs.x, data.kwargs)
     ops = _paths.PathOperands(data, table)
     return _chunks.run(_conductance_chunk, _conductance_finish, config, ops, layer, num_chunks)
@@ -257,6 +260,7 @@ def neuron_conductance(
         Array([[ 0., -3.]], dtype=float32)
     """
     n_steps = check_rule(method, n_steps)
+    by_inputs = check_bool("multiply_by_inputs", multiply_by_inputs)
     ibs = _paths.check_internal_batch_size(internal_batch_size)
     inputs = as_inputs(x)
     model = _paths.Composed(layer_fn, head_fn)
@@ -269,7 +273,7 @@ def neuron_conductance(
     table, num_chunks, per_chunk = _paths.path_table(
         rule(method, n_steps), inputs.batch, ibs, dtype
     )
-    config = _NeuronConfig(layer_fn, head_fn, per_chunk, bool(multiply_by_inputs), neuron)
+    config = _NeuronConfig(layer_fn, head_fn, per_chunk, by_inputs, neuron)
     ops = _paths.PathOperands(data, table)
     return _chunks.run(_neuron_chunk, _neuron_finish, config, ops, inputs.x, num_chunks)
 

@@ -25,6 +25,7 @@ from xai_jax import _chunks
 from xai_jax._blackbox import as_model, mark_invalid, selected
 from xai_jax._checks import (
     as_row_keys,
+    check_bool,
     check_choice,
     check_positive,
     check_positive_int,
@@ -429,6 +430,7 @@ def local_surrogates(
             "use regressor=None (the JAX ridge)"
         )
     model, out = as_model(fn, x, num_samples)
+    all_outputs = check_bool("all_outputs", all_outputs)
     t = Target(None, None) if all_outputs else as_target(target, out, n)
     config = _Config(
         model,

@@ -28,6 +28,7 @@ from xai_jax import _haiku_forms
 from xai_jax._blackbox import call
 from xai_jax._checks import (
     as_float_array,
+    check_bool,
     check_choice,
     check_positive,
     check_positive_int,
@@ -94,12 +95,6 @@ def _as_function(value, name: str) -> Callable:
             f"{type(value).__name__}"
         )
     return value
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
 
 
 class IntegratedGradients:
@@ -272,7 +267,7 @@ class IntegratedGradients:
                 `integrated_gradients`.
             TypeError: as `integrated_gradients`.
         """
-        to_inputs = _check_bool("attribute_to_layer_inputs", attribute_to_layer_inputs)
+        to_inputs = check_bool("attribute_to_layer_inputs", attribute_to_layer_inputs)
         checked = as_inputs(X, "X")  # checked before the model runs; integers promoted
         inputs = checked.x
         kwargs = dict(forward_kwargs or {})

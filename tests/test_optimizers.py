@@ -1,5 +1,7 @@
 """aoexpgrad and elastic_net_fista against NumPy transcriptions of MAX's and alibi's steps."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -450,3 +452,74 @@ def test_a_nan_gradient_gives_nan_iterates_not_a_frozen_zero():
 def test_integer_params_are_refused(make):
     with pytest.raises(TypeError, match="needs floating params, got int32"):
         make().init(jnp.array([1, 2], jnp.int32))
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes and trees: bounds, grads and hyper-parameters that would broadcast are refused.
+
+
+@pytest.mark.parametrize("make", [aoexpgrad, elastic_net_fista])
+@pytest.mark.parametrize("bound", ["lower", "upper"])
+def test_bound_that_does_not_broadcast_to_the_params_raises_at_init(make, bound):
+    opt = make(**{bound: np.zeros(3, np.float32) if bound == "lower" else np.ones(3, np.float32)})
+    with pytest.raises(ValueError, match=rf"{bound} of shape \(3,\) does not broadcast to the "
+                                         r"params of shape \(4,\)"):  # fmt: skip
+        opt.init(jnp.zeros(4))
+    # a bound that broadcasts *together* with a leaf but to a larger shape is refused too
+    with pytest.raises(ValueError, match=rf"{bound} of shape \(2, 4\) does not broadcast"):
+        make(**{bound: np.zeros((2, 4), np.float32)}).init(jnp.zeros(4))
+    # per-leaf: a pytree's leaf of another shape is named by its path
+    with pytest.raises(ValueError, match=r"params\['b'\] of shape \(2,\)"):
+        make(**{bound: np.zeros(3, np.float32)}).init({"a": jnp.zeros(3), "b": jnp.zeros(2)})
+
+
+@pytest.mark.parametrize("make", [aoexpgrad, elastic_net_fista])
+def test_grads_of_another_tree_or_shape_raise_under_jit_too(make):
+    opt = make()
+    params = {"a": jnp.zeros(3), "b": jnp.zeros(2)}
+    state = opt.init(params)
+    with pytest.raises(ValueError, match=r"updates \(the gradient\) must have the params' tree "
+                                         r"structure PyTreeDef\(\{'a': \*, 'b': \*\}\), got"):  # fmt: skip
+        opt.update({"a": jnp.zeros(3)}, state, params)
+    bad = {"a": jnp.zeros(1), "b": jnp.zeros(2)}  # (1,) would broadcast into the iterate
+    with pytest.raises(ValueError, match=r"leaf shapes \[\(3,\), \(2,\)\], got \[\(1,\), \(2,\)\]"):
+        jax.jit(opt.update)(bad, state, params)
+    with pytest.raises(ValueError, match="params must have the params' leaf shapes"):
+        opt.update(params, state, {"a": jnp.zeros((2, 3)), "b": jnp.zeros(2)})
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [(aoexpgrad, "l1"), (aoexpgrad, "l2"), (aoexpgrad, "eta"),
+     (elastic_net_fista, "beta"), (elastic_net_fista, "learning_rate")],
+)  # fmt: skip
+def test_array_hyperparameters_are_refused_naming_their_shape(make, name):
+    for value in (np.full(3, 0.5, np.float32), jnp.full((2, 1), 0.5)):
+        with pytest.raises(
+            ValueError, match=rf"{name} must be a scalar .*shape {re.escape(str(value.shape))}"
+        ):
+            make(**{name: value})
+
+
+def test_a_schedule_returning_an_array_raises():
+    opt = elastic_net_fista(lambda count: jnp.full(3, 0.1))
+    state = opt.init(jnp.zeros(4))
+    with pytest.raises(ValueError, match=r"schedule must return a scalar, got shape \(3,\)"):
+        opt.update(jnp.ones(4), state, jnp.zeros(4))
+
+
+# --------------------------------------------------------------------------------------------
+# Equal arguments, equal optimizers: a caller's compiled program is reused.
+
+
+def test_equal_arguments_make_equal_hashable_optimizers():
+    assert aoexpgrad(0.1, 0.2, lower=0.0) == aoexpgrad(0.1, 0.2, lower=0.0)
+    assert hash(aoexpgrad(0.1, 0.2, lower=0.0)) == hash(aoexpgrad(0.1, 0.2, lower=0.0))
+    assert aoexpgrad(0.1) != aoexpgrad(0.2)
+    assert elastic_net_fista(0.1, beta=0.2) == elastic_net_fista(0.1, beta=0.2)
+    assert elastic_net_fista(0.1, beta=0.2) != elastic_net_fista(0.1, beta=0.3)
+    # array bounds are pytree leaves (operands of a caller's jit), compared by identity here
+    opt = aoexpgrad(upper=np.ones(3, np.float32))
+    assert opt == opt and hash(opt) == hash(opt)
+    # the leaves: the bound (held by init and update), l1, l2 and eta; the functions are static
+    assert len(jax.tree.leaves(opt)) == 5

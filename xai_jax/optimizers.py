@@ -5,13 +5,15 @@
 minimises `loss(y) + l1 * ||y||_1 + l2 / 2 * ||y||^2`. `elastic_net_fista` is the shrinkage and
 momentum step of alibi's CEM (`alibi.explainers.cem.CEM`, SeldonIO/alibi), which minimises
 `loss(y) + beta * ||y - y0||_1`. Both are pure `optax.GradientTransformation`s: the state is a
-NamedTuple of arrays (a pytree), the hyper-parameters are closed over, and `update` returns
+NamedTuple of arrays (a pytree), the hyper-parameters are held by `init` and `update` (pytrees
+that compare by value: equal arguments, equal optimizers), and `update` returns
 updates such that `optax.apply_updates(params, updates)` is the method's next iterate, so they
 run under `jit` and compose with `optax.chain` (e.g. after `optax.clip` for alibi's gradient
 clipping). The gradient passed to `update` must be the gradient at `params`, the point the
 previous update moved to.
 """
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -87,6 +89,11 @@ def _check_real(name: str, value) -> float | jax.Array:
         if jnp.ndim(value) != 0 or not jnp.issubdtype(jnp.result_type(value), jnp.floating):
             raise TypeError(f"{name} must be a real scalar, got a traced {jax.typeof(value)}")
         return value
+    if isinstance(value, jax.Array | np.ndarray) and value.ndim > 0:
+        raise ValueError(
+            f"{name} must be a scalar (one weight for every entry of the params), got an array "
+            f"of shape {value.shape}"
+        )
     if isinstance(value, jax.Array) and value.ndim == 0 and not jnp.iscomplexobj(value):
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -120,6 +127,92 @@ def _clip(x: Array, lower, upper) -> Array:
     if upper is not None:
         x = jnp.minimum(x, jnp.broadcast_to(jnp.asarray(upper, x.dtype), x.shape))
     return x
+
+
+class _ByValue:
+    """Base of the optimizers' `init`/`update` callables: frozen dataclasses registered as
+    pytrees (array fields are leaves, so a caller's `jit` takes them as operands), equal and
+    hashed by value when every field is hashable (Python numbers, None, functions) and by
+    identity otherwise (arrays, tracers). Not tuples: `jax.jit(opt.update)` needs a weakref."""
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    def _hashable(self) -> bool:
+        try:
+            hash(self._values())
+        except TypeError:  # an array or a tracer field
+            return False
+        return True
+
+    def __eq__(self, other):
+        if self is other:
+            return True
+        if type(self) is not type(other):
+            return NotImplemented
+        if not (self._hashable() and other._hashable()):
+            return False
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        if not self._hashable():
+            return object.__hash__(self)
+        return hash((type(self), self._values()))
+
+
+def _static():
+    return dataclasses.field(metadata={"static": True})
+
+
+def _by_value(cls):
+    return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True, eq=False)(cls))
+
+
+def _check_like(name: str, what: str, tree, like) -> None:
+    """Raise unless `tree` has `like`'s tree structure and leaf shapes (static: under `jit`
+    too); a gradient of another shape would otherwise broadcast into the iterate."""
+    treedef, want = jax.tree.structure(tree), jax.tree.structure(like)
+    if treedef != want:
+        raise ValueError(
+            f"{name}: {what} must have the params' tree structure {want}, got {treedef}"
+        )
+    shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(tree)]
+    expected = [jnp.shape(leaf) for leaf in jax.tree.leaves(like)]
+    if shapes != expected:
+        raise ValueError(
+            f"{name}: {what} must have the params' leaf shapes {expected}, got {shapes}"
+        )
+
+
+@_by_value
+class _BoxedInit(_ByValue):
+    """`init` of a box-constrained optimizer: floating params, bounds that broadcast to every
+    leaf (checked here, before any step), then `state_fn(params)`."""
+
+    name: str = _static()
+    state_fn: Callable = _static()
+    lower: ArrayLike | None
+    upper: ArrayLike | None
+
+    def __call__(self, params: optax.Params):
+        params = _floating_params(self.name, params)
+        for bound, value in (("lower", self.lower), ("upper", self.upper)):
+            if value is None:
+                continue
+            shape = jnp.shape(value)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+                try:
+                    fits = np.broadcast_shapes(shape, leaf.shape) == leaf.shape
+                except ValueError:
+                    fits = False
+                if not fits:
+                    where = jax.tree_util.keystr(path) or ""
+                    raise ValueError(
+                        f"{self.name}: {bound} of shape {shape} does not broadcast to the "
+                        f"params{where} of shape {leaf.shape} (a bound is a scalar or an array "
+                        "broadcastable to every leaf)"
+                    )
+        return self.state_fn(params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,8 +280,16 @@ def aoexpgrad(
         params)` expects the gradient of `loss` (without the regulariser) at `params`; with
         `params=None` it uses `state.y`, the point the previous update moved to.
 
+    Equal arguments give equal optimizers (Python numbers compare by value; array bounds and
+    traced values are leaves of the optimizer's pytree), so `contrastive_explanation(...,
+    optimizer=aoexpgrad())` written inline reuses its compiled loop.
+
     Raises:
-        ValueError: negative `l1` or `l2`, `eta <= 0`, NaN bounds, or `lower > upper`.
+        ValueError: negative `l1` or `l2`, `eta <= 0`, a hyper-parameter that is an array of
+            more than one entry, NaN bounds, or `lower > upper`; at `init`, a bound that does
+            not broadcast to a leaf of the params; at `update`, grads (or params) whose tree
+            structure or leaf shapes differ from those given to `init` (checked at trace time,
+            under `jit` too).
         TypeError: non-real hyper-parameters.
 
     Example:
@@ -211,18 +312,36 @@ def aoexpgrad(
     check_positive("l2", l2, allow_zero=True)
     check_positive("eta", eta)
     check_bounds(lower, upper)
+    # callables that compare by their arguments: two equal calls make equal optimizers, so a
+    # caller's compiled program (contrastive_explanation's loop) is reused, not recompiled
+    return optax.GradientTransformation(
+        _BoxedInit("aoexpgrad", _aoexpgrad_state, lower, upper),
+        _AoExpGradUpdate(l1, l2, eta, lower, upper),
+    )
 
-    def init_fn(params: optax.Params) -> AoExpGradState:
-        params = _floating_params("aoexpgrad", params)
-        return AoExpGradState(
-            count=jnp.zeros([], jnp.int32),
-            x=params,
-            y=params,
-            h=jax.tree.map(jnp.zeros_like, params),
-            lam=jax.tree.map(lambda p: jnp.zeros([], jnp.asarray(p).dtype), params),
-        )
 
-    def leaf_step(count: Array, g: Array, x: Array, y: Array, h: Array, lam: Array):
+def _aoexpgrad_state(params: optax.Params) -> AoExpGradState:
+    return AoExpGradState(
+        count=jnp.zeros([], jnp.int32),
+        x=params,
+        y=params,
+        h=jax.tree.map(jnp.zeros_like, params),
+        lam=jax.tree.map(lambda p: jnp.zeros([], jnp.asarray(p).dtype), params),
+    )
+
+
+@_by_value
+class _AoExpGradUpdate(_ByValue):
+    """`aoexpgrad`'s update (see `_ByValue`)."""
+
+    l1: float | jax.Array
+    l2: float | jax.Array
+    eta: float | jax.Array
+    lower: ArrayLike | None
+    upper: ArrayLike | None
+
+    def leaf_step(self, count: Array, g: Array, x: Array, y: Array, h: Array, lam: Array):
+        l1, l2, eta, lower, upper = self._values()
         if x.size == 0:
             return x, y, lam
         dtype = x.dtype
@@ -259,15 +378,18 @@ def aoexpgrad(
         y = (t / big_b) * x + ((big_b - t) / big_b) * y
         return x, y, lam
 
-    def update_fn(
-        updates: optax.Updates, state: AoExpGradState, params: optax.Params | None = None
+    def __call__(
+        self, updates: optax.Updates, state: AoExpGradState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, AoExpGradState]:
-        count = optax.safe_int32_increment(state.count)
         treedef = jax.tree.structure(state.x)
+        _check_like("aoexpgrad", "updates (the gradient)", updates, state.x)
+        if params is not None:
+            _check_like("aoexpgrad", "params", params, state.x)
+        count = optax.safe_int32_increment(state.count)
         leaves = [
             treedef.flatten_up_to(tree) for tree in (updates, state.x, state.y, state.h, state.lam)
         ]
-        out = [leaf_step(count, *args) for args in zip(*leaves, strict=True)]
+        out = [self.leaf_step(count, *args) for args in zip(*leaves, strict=True)]
         new_x = treedef.unflatten([o[0] for o in out])
         new_y = treedef.unflatten([o[1] for o in out])
         new_lam = treedef.unflatten([o[2] for o in out])
@@ -275,8 +397,6 @@ def aoexpgrad(
         start = state.y if params is None else params
         new_updates = jax.tree.map(lambda n, p: (n - p).astype(jnp.asarray(p).dtype), new_y, start)
         return new_updates, AoExpGradState(count, new_x, new_y, new_h, new_lam)
-
-    return optax.GradientTransformation(init_fn, update_fn)
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,9 +461,15 @@ def elastic_net_fista(
         An `optax.GradientTransformation` with state `ElasticNetFistaState`. `update(grads,
         state, params)` needs `params`, the point the gradient was taken at.
 
+    Equal arguments give equal optimizers, as for `aoexpgrad` (a schedule compares by
+    identity: build it once).
+
     Raises:
-        ValueError: `beta <= 0`, a float `learning_rate <= 0`, NaN bounds or `lower > upper`;
-            at `update`, `params=None`.
+        ValueError: `beta <= 0`, a float `learning_rate <= 0`, a hyper-parameter that is an
+            array of more than one entry, NaN bounds or `lower > upper`; at `init`, a bound
+            that does not broadcast to a leaf of the params; at `update`, `params=None`, grads
+            or params whose tree structure or leaf shapes differ from those given to `init`, or
+            a schedule that does not return a scalar.
         TypeError: non-real hyper-parameters.
 
     Example:
@@ -359,47 +485,69 @@ def elastic_net_fista(
         >>> state.adv.round(2)  # argmin of loss + (0.02 / 0.1) ||w||_1 is (0.9, 0)
         Array([0.9, 0. ], dtype=float32)
     """
-    if callable(learning_rate):
-        schedule: Callable = learning_rate
-    else:
-        lr = _check_real("learning_rate", learning_rate)
-        check_positive("learning_rate", lr)
-        schedule = lambda count: lr
+    if not callable(learning_rate):
+        learning_rate = _check_real("learning_rate", learning_rate)
+        check_positive("learning_rate", learning_rate)
     beta = _check_real("beta", beta)
     check_positive("beta", beta)
     check_bounds(lower, upper)
+    return optax.GradientTransformation(
+        _BoxedInit("elastic_net_fista", _fista_state, lower, upper),
+        _FistaUpdate(learning_rate, beta, lower, upper),
+    )
 
-    def init_fn(params: optax.Params) -> ElasticNetFistaState:
-        params = _floating_params("elastic_net_fista", params)
-        return ElasticNetFistaState(count=jnp.zeros([], jnp.int32), adv=params, orig=params)
 
-    def leaf_step(lr, k, g: Array, y: Array, adv: Array, orig: Array):
+def _fista_state(params: optax.Params) -> ElasticNetFistaState:
+    return ElasticNetFistaState(count=jnp.zeros([], jnp.int32), adv=params, orig=params)
+
+
+@_by_value
+class _FistaUpdate(_ByValue):
+    """`elastic_net_fista`'s update (see `_ByValue`)."""
+
+    learning_rate: float | jax.Array | Callable  # a constant or an optax schedule
+    beta: float | jax.Array
+    lower: ArrayLike | None
+    upper: ArrayLike | None
+
+    def leaf_step(self, lr, k, g: Array, y: Array, adv: Array, orig: Array):
         dtype = jnp.asarray(y).dtype
         lr = jnp.asarray(lr).astype(dtype)
         z = y - lr * g.astype(dtype)
         diff = z - orig
-        b = _like(beta, dtype)
+        b = _like(self.beta, dtype)
         shrunk = jnp.where(diff > b, z - b, jnp.where(diff < -b, z + b, orig))
-        adv_new = _clip(shrunk, lower, upper)
+        adv_new = _clip(shrunk, self.lower, self.upper)
         k = k.astype(dtype)
         y_new = adv_new + ((k + 1.0) / (k + 4.0)) * (adv_new - adv)
         return (y_new - y).astype(dtype), adv_new
 
-    def update_fn(
-        updates: optax.Updates, state: ElasticNetFistaState, params: optax.Params | None = None
+    def __call__(
+        self,
+        updates: optax.Updates,
+        state: ElasticNetFistaState,
+        params: optax.Params | None = None,
     ) -> tuple[optax.Updates, ElasticNetFistaState]:
         if params is None:
             raise ValueError(
                 "elastic_net_fista needs params in update(grads, state, params): the gradient "
                 "step starts from them"
             )
-        lr = schedule(state.count)
+        _check_like("elastic_net_fista", "updates (the gradient)", updates, state.adv)
+        _check_like("elastic_net_fista", "params", params, state.adv)
+        if callable(self.learning_rate):
+            lr = self.learning_rate(state.count)
+            if jnp.ndim(lr) != 0:
+                raise ValueError(
+                    "elastic_net_fista: the learning_rate schedule must return a scalar, got "
+                    f"shape {jnp.shape(lr)}"
+                )
+        else:
+            lr = self.learning_rate
         treedef = jax.tree.structure(state.adv)
         leaves = [treedef.flatten_up_to(tree) for tree in (updates, params, state.adv, state.orig)]
-        out = [leaf_step(lr, state.count, *args) for args in zip(*leaves, strict=True)]
+        out = [self.leaf_step(lr, state.count, *args) for args in zip(*leaves, strict=True)]
         new_updates = treedef.unflatten([o[0] for o in out])
         new_adv = treedef.unflatten([o[1] for o in out])
         count = optax.safe_int32_increment(state.count)
         return new_updates, ElasticNetFistaState(count, new_adv, state.orig)
-
-    return optax.GradientTransformation(init_fn, update_fn)

@@ -2,13 +2,16 @@
 gradient sources against each other, the saved history, and errors. jit/vmap/determinism are in
 test_conformance.py."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax._src import dispatch  # the names of the trace and compile events
 
-from xai_jax import ExplanationGenerator, cem_loss, contrastive_explanation
+from xai_jax import ExplanationGenerator, aoexpgrad, cem_loss, contrastive_explanation
 
 _rng = np.random.default_rng(0)
 W = jnp.asarray(_rng.standard_normal((6, 3)), jnp.float32)
@@ -223,3 +226,153 @@ def test_array_gradient_kwargs_are_traced_operands():
         )
     )
     assert not np.array_equal(np.asarray(run(1e-2)), np.asarray(run(5e-1)))
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes that would broadcast, optimizers passed uncalled, the default box, and recompilation
+
+
+X4 = jnp.asarray([0.2, 0.4, 0.6, 0.8], jnp.float32)
+W4 = jnp.asarray(_rng.standard_normal((4, 3)), jnp.float32)
+
+
+def predict4(z):
+    return jax.nn.softmax(z @ W4)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize(
+    ("shape", "mode"), [((2,), "PN"), ((1,), "PN"), ((3, 4), "PN"), ((1,), "PP"), ((4, 1), "PP")]
+)
+def test_delta_of_another_shape_than_x_raises(shape, mode, jit):
+    loss = cem_loss(mode, predict4, X4)
+    call = jax.jit(lambda d: loss(d)) if jit else loss
+    with pytest.raises(ValueError, match=rf"delta must have the shape of the instance x, "
+                                         rf"\(4,\), got {re.escape(str(shape))}"):  # fmt: skip
+        call(jnp.zeros(shape))
+    with pytest.raises(ValueError, match="delta must have the shape"):
+        loss.valid(jnp.zeros(shape))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_autoencoder_of_another_output_shape_raises(jit):
+    loss = cem_loss("PN", predict4, X4, autoencoder=lambda z: z[..., :2])
+    call = jax.jit(lambda d: loss(d)) if jit else loss
+    with pytest.raises(ValueError, match=r"autoencoder must return its input's shape: got "
+                                         r"\(1, 2\) for a batch of shape \(1, 4\)"):  # fmt: skip
+        call(jnp.zeros(4))
+    unbatched = cem_loss("PP", predict4, X4, autoencoder=lambda z: z[0])  # drops the batch axis
+    with pytest.raises(ValueError, match=r"got \(4,\) for a batch of shape \(1, 4\)"):
+        unbatched(jnp.zeros(4))
+    with pytest.raises(ValueError, match="autoencoder must return"):  # before the loop runs
+        contrastive_explanation(KEY, loss, jnp.zeros(4), optimizer=optax.sgd(0.1), num_iter=2,
+                                save_freq=1)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "match"),
+    [
+        (optax.adam, r"optimizer must be an optax GradientTransformation \(an object with init "
+                     r"and update\), got function adam: call the factory, e\.g\. "
+                     r"optax\.adam\(learning_rate\)"),
+        (aoexpgrad, r"got function aoexpgrad: call the factory"),
+        ("adam", r"got str 'adam'"),
+        (None, r"got NoneType None"),
+    ],
+)  # fmt: skip
+def test_an_uncalled_optax_factory_raises_a_clear_type_error(optimizer, match):
+    with pytest.raises(TypeError, match=match):
+        contrastive_explanation(KEY, jnp.sum, X4, optimizer=optimizer, num_iter=2, save_freq=1)
+
+
+def test_explanation_generator_refuses_a_transformation_and_checks_the_factory():
+    with pytest.raises(TypeError, match="got the transformation itself: pass its factory"):
+        ExplanationGenerator(optimizer=optax.adam(1e-2))
+    # explicit bounds: the optimizer is built (and checked) in __init__
+    with pytest.raises(TypeError, match=r"optimizer must return an optax GradientTransformation"):
+        ExplanationGenerator(optimizer=lambda **kw: optax.adam,
+                             optimizer_kwargs={"lower": 0.0, "upper": 1.0})  # fmt: skip
+    with pytest.raises(TypeError, match=r"optimizer must return an optax GradientTransformation"):
+        ExplanationGenerator(optimizer=lambda **kw: optax.adam, loss_kwargs={"mode": "PN"},
+                             num_iter=2, save_freq=1).run(X4, inference_call=predict4)  # fmt: skip
+
+
+def _generator(mode="PN", **optimizer_kwargs):
+    return ExplanationGenerator(
+        "cem", "aoexpgrad", "autodiff", loss_kwargs={"mode": mode, "c": 10.0, "K": 0.2},
+        optimizer_kwargs={"l1": 0.01, "l2": 0.0, "eta": 1.0, **optimizer_kwargs},
+        num_iter=20, save_freq=10,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["PN", "PP"])
+@pytest.mark.parametrize("scale", [255.0, -1.0])
+def test_default_box_refuses_inputs_outside_the_unit_interval(mode, scale):
+    image = X4 * scale  # [0, 255] pixels, or negative (standardised) features
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]: the default box .* "
+                                         r"optimizer_kwargs=\{'lower': \.\.\., 'upper'"):  # fmt: skip
+        _generator(mode).run(image, KEY, inference_call=lambda z: predict4(z / scale))
+    # an explicit box is the user's: it runs, and the search stays inside it
+    lower, upper = (0.0, 255.0 - image) if mode == "PN" else (jnp.minimum(image, 0.0),
+                                                              jnp.maximum(image, 0.0))  # fmt: skip
+    _, meta = _generator(mode, lower=lower, upper=upper).run(
+        image, KEY, inference_call=lambda z: predict4(z / scale)
+    )
+    explanation = np.asarray(meta["explanation"])
+    assert np.all(explanation >= np.asarray(lower) - 1e-5)
+    assert np.all(explanation <= np.asarray(upper) + 1e-5)
+
+
+_COMPILE_EVENTS = (dispatch.JAXPR_TRACE_EVENT, dispatch.BACKEND_COMPILE_EVENT)
+_events: list[str] | None = None  # collecting while a list
+
+
+def _on_event(event: str, duration: float, **kwargs) -> None:
+    if _events is not None and event in _COMPILE_EVENTS:
+        _events.append(event)
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+def _compiles(call) -> list[str]:
+    """The trace and compile events of `call()` (after its result is ready)."""
+    global _events
+    _events = []
+    try:
+        jax.block_until_ready(call())
+        return _events
+    finally:
+        _events = None
+
+
+def test_inline_aoexpgrad_reuses_the_compiled_loop():
+    def run(x0, l1=0.1):
+        return contrastive_explanation(KEY, cem_loss("PN", predict4, X4), x0,
+                                       optimizer=aoexpgrad(l1, 0.0, lower=0.0, upper=1.0 - X4),
+                                       num_iter=6, save_freq=3).explanation  # fmt: skip
+
+    starts = [jnp.asarray(np.full(4, v, np.float32)) for v in (0.0, 0.1)]
+    assert _compiles(lambda: run(starts[0]))  # the first call compiles
+    assert _compiles(lambda: run(starts[1])) == []  # a new optimizer object, the same program
+    assert _compiles(lambda: run(starts[0], l1=0.2))  # another value: another program
+
+
+@pytest.mark.parametrize("mode", ["PN", "PP"])
+def test_explanation_generator_runs_compile_once(mode):
+    generator = _generator(mode)
+    generator.run(X[0], KEY, inference_call=predict, progress=False)
+    assert _compiles(lambda: generator.run(X[1], KEY, inference_call=predict)[1]["losses"]) == []
+    other = _generator(mode)  # another generator of the same configuration: the same program
+    assert _compiles(lambda: other.run(X[2], KEY, inference_call=predict)[1]["losses"]) == []
+    fixed = _generator(mode, lower=0.0, upper=0.5)  # explicit bounds: built once, in __init__
+    fixed.run(X[0], KEY, inference_call=predict)
+    assert _compiles(lambda: fixed.run(X[1], KEY, inference_call=predict)[1]["losses"]) == []
+
+
+def test_explanation_generator_with_a_progress_bar_compiles_once(capsys):
+    generator = _generator()
+    generator.run(X[0], KEY, inference_call=predict, progress=True)
+    assert _compiles(lambda: generator.run(X[1], KEY, inference_call=predict,
+                                           progress=True)[1]["losses"]) == []  # fmt: skip
+    assert "20/20" in capsys.readouterr().err

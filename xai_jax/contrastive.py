@@ -54,6 +54,13 @@ class CEMLoss(NamedTuple):
     autoencoder: Callable | None
 
     def _input(self, delta):
+        # shapes are static: checked at trace time, under jit too; (1,) or [B, *features]
+        # would broadcast against the instance and explain something else
+        if jnp.shape(delta) != self.x.shape:
+            raise ValueError(
+                f"delta must have the shape of the instance x, {self.x.shape}, got "
+                f"{jnp.shape(delta)} (one perturbation of one instance: vmap for a batch)"
+            )
         # PN adds to the instance; PP keeps the part `delta` of it
         return self.x + delta if self.mode == "PN" else delta
 
@@ -69,7 +76,13 @@ class CEMLoss(NamedTuple):
         loss = self.c * jnp.maximum(hinge, -self.kappa)
         if self.autoencoder is not None:
             z = self._input(delta)
-            loss = loss + self.gamma * jnp.sum(jnp.square(z - self.autoencoder(z[None])[0]))
+            recon = self.autoencoder(z[None])
+            if jnp.shape(recon) != (1, *z.shape):
+                raise ValueError(
+                    f"autoencoder must return its input's shape: got {jnp.shape(recon)} for a "
+                    f"batch of shape {(1, *z.shape)} (the instance x has shape {z.shape})"
+                )
+            loss = loss + self.gamma * jnp.sum(jnp.square(z - recon[0]))
         return loss
 
     def valid(self, delta) -> jax.Array:
@@ -122,7 +135,10 @@ def cem_loss(
     Raises:
         ValueError: unknown `mode`, negative weights, `predict_fn` not returning
             `[1, classes]` with at least two classes, or NaN/inf in a concrete `x` (a traced
-            one gives a NaN loss).
+            one gives a NaN loss). When the loss is called (or traced: shapes are static, so
+            under `jit` too): a `delta` whose shape is not exactly `x`'s (no broadcasting:
+            `(1,)` or a batch `[B, *x.shape]` is refused; `vmap` explains a batch), or an
+            `autoencoder` whose output on `[1, *x.shape]` has another shape.
 
     Example:
         >>> import jax.numpy as jnp
@@ -188,9 +204,11 @@ def contrastive_explanation(
     iterate kept. `vmap` explains a batch (one key per instance).
 
     Static arguments: `gradient`, `num_iter`, `save_freq`, the counts in `gradient_kwargs`, and
-    `loss_fn`, `optimizer` and `callback` as objects (one compiled program per object: build
-    them once, not per call); the arrays they hold, `key`, `x0`, the bounds and `mu`/`eps` are
-    operands.
+    the non-array parts of `loss_fn`, `optimizer` and `callback` (functions by identity: one
+    compiled program per function object, so build closures and optax optimizers once, not per
+    call; `aoexpgrad(...)`/`elastic_net_fista(...)` and `cem_loss(...)` compare by value, so
+    writing them inline reuses the program); the arrays they hold, `key`, `x0`, the bounds and
+    `mu`/`eps` are operands.
 
     Args:
         key: PRNG key (used by the URV gradient; one key per step, folded in).
@@ -213,6 +231,8 @@ def contrastive_explanation(
         `ContrastiveResult`.
 
     Raises:
+        TypeError: `optimizer` is not an optax transformation (e.g. the factory `optax.adam`
+            itself: call it, `optax.adam(1e-2)`).
         ValueError: unknown `gradient`, `gradient_kwargs` the estimator does not take,
             `num_iter`/`save_freq` < 1, `save_freq > num_iter`,
             bounds of the wrong shape or with `lower > upper`, NaN/inf in a concrete `x0` (a
@@ -227,6 +247,7 @@ def contrastive_explanation(
         (Array([0.5, 0.5], dtype=float32), (2, 2))
     """
     key = as_key(key)
+    _check_optimizer(optimizer)
     check_choice("gradient", gradient, GRADIENTS)
     num_iter = check_positive_int("num_iter", num_iter)
     save_freq = check_positive_int("save_freq", save_freq)
@@ -243,6 +264,22 @@ def contrastive_explanation(
     # arguments, not constants; its counts (`num_samples`, `batch_size`) are static
     static, arrays = _chunks.partition((loss_fn, optimizer, callback, gradient_kwargs))
     return _optimise(static, options, arrays, key, x0, lower, upper)
+
+
+def _check_optimizer(optimizer) -> None:
+    """Raise unless `optimizer` is an optax transformation (an optax factory passed uncalled,
+    `optimizer=optax.adam`, would fail deep in the loop with `no attribute 'init'`)."""
+    if callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None)):
+        return
+    if callable(optimizer):
+        kind = f"{type(optimizer).__name__} {getattr(optimizer, '__name__', repr(optimizer))}"
+        hint = ": call the factory, e.g. optax.adam(learning_rate)"
+    else:
+        kind, hint = f"{type(optimizer).__name__} {optimizer!r}", ", e.g. optax.adam(1e-2)"
+    raise TypeError(
+        "optimizer must be an optax GradientTransformation (an object with init and update), "
+        f"got {kind}{hint}"
+    )
 
 
 _GRADIENT_KWARGS = {"autodiff": (), "urv": ("num_samples", "mu", "batch_size"),

@@ -536,8 +536,26 @@ class ExplanationGenerator:
     (and the classifier as `inference` or `predict_fn`, or pass it to `run`; the classifier and
     the autoencoder may be haiku models, in the forms of the module docstring); `l1`, `l2`, `eta`
     (and `lower`/`upper`); `mu`, `num_iter` (URV directions). As in the MAX library the search
-    starts at zeros inside the default box, PP in `[0, x]` and PN in `[0, 1 - x]` (inputs in
-    [0, 1]); `lower`/`upper` in `optimizer_kwargs` replace it.
+    starts at zeros inside the default box, PP in `[0, x]` and PN in `[0, 1 - x]`, which
+    assumes inputs in [0, 1]: `run` refuses a concrete input outside [0, 1] with the default box
+    (clipping to it would explain another input; a traced input, under `jit`, is not checked),
+    and `lower`/`upper` in `optimizer_kwargs` replace it (e.g. `{"lower": 0.0, "upper": 255.0 -
+    x}` for PN on one image in [0, 255]; either one given alone leaves the other side
+    unbounded).
+
+    The optimizer is built once, in `__init__`, when its bounds do not depend on the input
+    (explicit `lower`/`upper`, or a loss without a CEM `mode`); with the default box it is
+    built per `run`, and `aoexpgrad`/`elastic_net_fista` compare by value with the box as an
+    operand, so repeated runs with same-shaped inputs reuse one compiled program (a custom
+    factory should return equal objects for equal arguments to do the same).
+
+    Raises:
+        ValueError: unknown `loss`/`optimizer`/`gradient` names or CEM `mode`,
+            `num_iter`/`save_freq` < 1; in `run`, no classifier, or an input outside [0, 1]
+            with the default box.
+        TypeError: `loss` or `optimizer` neither a name nor a callable, an optax
+            `GradientTransformation` passed as `optimizer` (a factory is expected), or a
+            factory that does not return one.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -567,6 +585,13 @@ class ExplanationGenerator:
             loss = _LOSSES[check_choice("loss", loss, tuple(_LOSSES))]
         if isinstance(optimizer, str):
             optimizer = _OPTIMIZERS[check_choice("optimizer", optimizer, tuple(_OPTIMIZERS))]
+        if hasattr(optimizer, "init") and hasattr(optimizer, "update"):
+            raise TypeError(
+                "optimizer must be a name or a factory (**optimizer_kwargs, lower, upper) -> "
+                "optax GradientTransformation, got the transformation itself: pass its factory, "
+                "e.g. 'aoexpgrad', or lambda lower, upper, **kw: optax.adam(1e-2) (the box is "
+                "also applied after every step)"
+            )
         for name, value in (("loss", loss), ("optimizer", optimizer)):
             if not callable(value):
                 raise TypeError(f"{name} must be a name or a callable, got {value!r}")
@@ -587,6 +612,23 @@ class ExplanationGenerator:
             del self.gradient_kwargs["mu"]  # the seed's None: the step-dependent default
         self.num_iter = check_positive_int("num_iter", num_iter)
         self.save_freq = check_positive_int("save_freq", save_freq)
+        self._progress = _Progress()  # one callback object: runs share a compiled program
+        opt_kwargs = dict(self.optimizer_kwargs)
+        lower, upper = opt_kwargs.pop("lower", None), opt_kwargs.pop("upper", None)
+        self._default_box = (
+            lower is None and upper is None and self.loss_kwargs.get("mode") in MODES
+        )
+        # bounds that do not depend on the input: one optimizer for every run, checked now
+        self._optimizer = None if self._default_box else self._build(opt_kwargs, lower, upper)
+
+    def _build(self, opt_kwargs: dict, lower, upper):
+        optimizer = self.optimizer(**opt_kwargs, lower=lower, upper=upper)
+        if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+            raise TypeError(
+                "optimizer must return an optax GradientTransformation (an object with init "
+                f"and update), got {type(optimizer).__name__} from {self.optimizer!r}"
+            )
+        return optimizer
 
     def run(self, image, key=None, inference_call: Callable | tuple | None = None, progress=None):
         """Explain one input.
@@ -602,6 +644,13 @@ class ExplanationGenerator:
             `(saved, meta)`: `{step: iterate}` every `save_freq` steps (the MAX library's
             ordered dict) and `meta` with `explanation` (the best valid iterate), `found`,
             `best_loss` and `losses`.
+
+        Raises:
+            ValueError: no classifier; with the default box, a concrete `image` outside
+                [0, 1] (checked before the loss or the loop runs; pass `lower`/`upper` in
+                `optimizer_kwargs`); NaN/inf in a concrete `image`; and as
+                `contrastive_explanation`.
+            TypeError: the optimizer factory does not return an optax transformation.
         """
         x = as_float_array("image", image)
         loss_kwargs = dict(self.loss_kwargs)
@@ -609,23 +658,21 @@ class ExplanationGenerator:
             loss_kwargs["predict_fn"] = _as_function(inference_call, "inference_call")
         if "predict_fn" not in loss_kwargs:
             raise ValueError("no classifier: pass inference_call or loss_kwargs['inference']")
-        loss_fn = self.loss(x=x, **loss_kwargs)
         opt_kwargs = dict(self.optimizer_kwargs)
         lower, upper = opt_kwargs.pop("lower", None), opt_kwargs.pop("upper", None)
-        mode = loss_kwargs.get("mode")
-        if lower is None and upper is None and mode in MODES:
-            lower, upper = 0.0, (x if mode == "PP" else 1.0 - x)
+        if self._default_box:
+            _check_unit_box(x)  # before the loss and the loop run
+            lower, upper = 0.0, (x if loss_kwargs["mode"] == "PP" else 1.0 - x)
+            optimizer = self._build(opt_kwargs, lower, upper)
+        else:
+            optimizer = self._optimizer
         bounds = {"lower": lower, "upper": upper}
-        optimizer = self.optimizer(**opt_kwargs, **bounds)
+        loss_fn = self.loss(x=x, **loss_kwargs)
         if progress is None:
             progress = self.num_iter >= 1000 and sys.stderr.isatty()
         import tqdm  # loaded when a generator runs
 
-        bar = tqdm.tqdm(total=self.num_iter, disable=not progress)
-
-        def advance(done: int):
-            bar.update(done - bar.n)
-
+        bar = self._progress.bar = tqdm.tqdm(total=self.num_iter, disable=not progress)
         result = contrastive_explanation(
             jax.random.key(0) if key is None else key,
             loss_fn,
@@ -635,10 +682,11 @@ class ExplanationGenerator:
             num_iter=self.num_iter,
             save_freq=self.save_freq,
             gradient_kwargs=self.gradient_kwargs,
-            callback=advance if progress else None,
+            callback=self._progress.advance if progress else None,
             **bounds,
         )
         bar.close()
+        self._progress.bar = None
         saved = {(i + 1) * self.save_freq: it for i, it in enumerate(result.history)}
         meta = {
             "explanation": result.explanation,
@@ -647,6 +695,32 @@ class ExplanationGenerator:
             "losses": result.losses,
         }
         return saved, meta
+
+
+class _Progress:
+    """The tqdm bar of the current run behind one callback (a bound method, equal across
+    runs, so the compiled loop is reused)."""
+
+    bar: Any = None
+
+    def advance(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+
+
+def _check_unit_box(x: jax.Array) -> None:
+    """Raise if a concrete instance leaves [0, 1], the inputs the default CEM box assumes."""
+    if not is_concrete(x) or x.size == 0:
+        return
+    lo, hi = float(jnp.min(x)), float(jnp.max(x))
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"image has values in [{lo:.4g}, {hi:.4g}], outside [0, 1]: the default box (PP: "
+            "[0, x], PN: [0, 1 - x]) assumes inputs in [0, 1] and would clip the search into "
+            "it; pass the box of the perturbation as optimizer_kwargs={'lower': ..., "
+            "'upper': ...} (for data in [a, b]: PN [a - x, b - x], PP between 0 and x), or "
+            "rescale the input to [0, 1]"
+        )
 
 
 def _renamed(kwargs: Mapping[str, Any] | None, names: Mapping[str, str]) -> dict:

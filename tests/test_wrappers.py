@@ -3,6 +3,7 @@
 import json
 
 import haiku as hk
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from tests.test_integrated_gradients import FIXTURES, _close
 from xai_jax import (
     Explanation,
     IntegratedGradients,
+    LimeBase,
+    bernoulli_perturbation,
     integrated_gradients,
     layer_conductance,
     layer_integrated_gradients,
@@ -159,3 +162,61 @@ def test_bad_arguments(make, error, match):
     _, model, params = _captum_mlp_in_haiku()
     with pytest.raises(error, match=match):
         make(model, params)
+
+
+# --------------------------------------------------------------------------------------------
+# LimeBase with a custom perturb_func: sample 0 is the instance, num_samples rows exactly
+
+_W_LIN = jnp.array([1.0, -2.0, 0.5])
+
+
+def _linear(x):
+    return x @ _W_LIN + 3.0
+
+
+def _noise(key, x, n):  # x + N(0, 1) on every row: no instance among the samples
+    return x[None] + jax.random.normal(key, (n, x.shape[0]), x.dtype)
+
+
+def test_limebase_refuses_a_perturb_func_without_the_instance_as_sample_0():
+    X = jnp.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]])
+    explainer = LimeBase(_linear, perturb_func=_noise)
+    with pytest.raises(ValueError, match=r"perturb_func must return the instance itself as "
+                                         r"sample 0 .* samples\.at\[0\]\.set\(x_row\)"):  # fmt: skip
+        explainer.attribute(X, num_samples=64)
+    # with the instance as sample 0 the local prediction is the model's at the instance
+    fixed = LimeBase(_linear, perturb_func=lambda k, x, n: _noise(k, x, n).at[0].set(x))
+    coefs, preds = fixed.attribute(X, num_samples=256)
+    # (lime's Ridge(alpha=1) shrinks the fit a little)
+    np.testing.assert_allclose(preds[:, 0], _linear(X), rtol=0, atol=1e-2)
+    np.testing.assert_allclose(coefs, jnp.broadcast_to(_W_LIN, X.shape), rtol=0.05)
+
+
+def test_limebase_under_jit_gives_nan_rows_for_a_perturb_func_without_the_instance():
+    explainer = LimeBase(_linear, perturb_func=_noise)
+    coefs, preds = jax.jit(lambda x: explainer.attribute(x, num_samples=32))(jnp.ones((2, 3)))
+    assert np.isnan(np.asarray(preds)).all() and np.isnan(np.asarray(coefs)).all()
+
+
+@pytest.mark.parametrize("rows", [63, 65, 128])
+@pytest.mark.parametrize("jit", [False, True])
+def test_limebase_refuses_a_perturb_func_with_another_number_of_rows(rows, jit):
+    def perturb(key, x, n):
+        return _noise(key, x, rows).at[0].set(x)
+
+    explainer = LimeBase(_linear, perturb_func=perturb)
+    call = jax.jit(lambda x: explainer.attribute(x, num_samples=64)) if jit else (
+        lambda x: explainer.attribute(x, num_samples=64))  # fmt: skip
+    with pytest.raises(ValueError, match=rf"perturb_func returned samples of shape \({rows}, 3\), "
+                                         r"expected \(num_samples, features\) = \(64, 3\)"):  # fmt: skip
+        call(jnp.ones((2, 3)))
+
+
+def test_limebase_refuses_a_representation_with_another_number_of_rows():
+    def perturb(key, x, n):
+        masks, samples = bernoulli_perturbation(key, x, n)
+        return masks[:-1], samples
+
+    with pytest.raises(ValueError, match=r"representation Z of shape \(63, 3\), expected "
+                                         r"\(num_samples, features\) = \(64, features\)"):  # fmt: skip
+        LimeBase(_linear, perturb_func=perturb).attribute(jnp.ones((2, 3)), num_samples=64)

@@ -28,6 +28,7 @@ from xai_jax import _haiku_forms
 from xai_jax._blackbox import call
 from xai_jax._checks import (
     as_float_array,
+    as_row_keys,
     check_bool,
     check_choice,
     check_positive,
@@ -336,17 +337,48 @@ def _positional_call(func: Callable, extra: dict, x):
 
 
 class _UserSampler(NamedTuple):
-    """A user's `perturb_func(key, x_row, num_samples)` as a `local_surrogates` sampler."""
+    """A user's `perturb_func(key, x_row, num_samples)` as a `local_surrogates` sampler.
+
+    The engine measures distances to, and predicts at, sample 0, so sample 0 must be the
+    instance: its shape is checked at trace time (static), its value eagerly on the first row
+    by `LimeBase.attribute`; a row whose sample 0 is not its instance (seen only when traced)
+    gets a NaN surrogate, never a surrogate about another point.
+    """
 
     perturb_func: Callable
     num_samples: int
 
     def __call__(self, key, x_row, extra_row):
         out = self.perturb_func(key, x_row, self.num_samples)
+        Z = None
         if isinstance(out, tuple):  # (interpretable representation, model inputs)
             Z, samples = out
-            return jnp.asarray(Z).astype(x_row.dtype), samples
-        return out, out
+            Z = jnp.asarray(Z).astype(x_row.dtype)
+            if Z.ndim != 2 or Z.shape[0] != self.num_samples:
+                raise ValueError(
+                    f"perturb_func returned a representation Z of shape {Z.shape}, expected "
+                    f"(num_samples, features) = ({self.num_samples}, features) for "
+                    f"num_samples={self.num_samples}"
+                )
+        else:
+            samples = out
+        expected = (self.num_samples, *x_row.shape)
+        if jnp.shape(samples) != expected:
+            raise ValueError(
+                f"perturb_func returned samples of shape {jnp.shape(samples)}, expected "
+                f"(num_samples, features) = {expected}: one row per sample, sample 0 the "
+                "instance itself"
+            )
+        samples = jnp.asarray(samples).astype(x_row.dtype)
+        Z = samples if Z is None else Z
+        return jnp.where(_is_instance(samples[0], x_row), Z, jnp.nan), samples
+
+
+def _is_instance(sample, x_row) -> jax.Array:
+    """Whether `sample` is the instance, to the round-off of rebuilding it from a mask
+    (`b + 1 * (x - b)`)."""
+    tol = math.sqrt(float(jnp.finfo(x_row.dtype).eps))
+    return jnp.all(jnp.abs(sample - x_row) <= tol * (1.0 + jnp.abs(x_row)))
 
 
 class _UserKernel(NamedTuple):
@@ -371,7 +403,13 @@ class LimeBase:
     - the default neighbourhood is Gaussian around each row, `x + N(0, 1)`, with the row itself
       as sample 0; a custom `perturb_func(key, x_row, num_samples)` returns the
       `[num_samples, d]` samples, or a pair `(Z, samples)` to fit the surrogate on an
-      interpretable representation `Z` (e.g. `xai_jax.bernoulli_perturbation`'s masks);
+      interpretable representation `Z [num_samples, F]` (e.g.
+      `xai_jax.bernoulli_perturbation`'s masks). Its sample 0 must be the instance itself, as
+      in lime (which sets it): distances are measured to sample 0 (to `Z[0]`, the instance's
+      representation, for a pair) and `preds` is the surrogate at it. A perturb_func that
+      perturbs every row (Captum's habit) is refused, not silently explained about another
+      point: set `samples.at[0].set(x_row)`. Checked eagerly on the first row; a later row
+      whose sample 0 is not its instance, or a traced `X`, gives that row a NaN surrogate;
     - `num_samples` counts the row itself (lime's convention), and `key=None` means
       `jax.random.key(0)`: the same explanation every call unless a key is passed;
     - the kernel is `kernel_func(distances, kernel_width=...)`, default
@@ -493,18 +531,37 @@ class LimeBase:
             `(coefs, preds)`: surrogate coefficients `[n, d]` (`[n, k, d]` when `func`
             returns `k > 1` values per row) and the surrogate's prediction at each row
             `[n, k]`.
+
+        Raises:
+            ValueError: `X` not 2-D, `num_samples < 1`; a `perturb_func` whose samples are not
+                `(num_samples, d)` or whose `Z` has not `num_samples` rows (checked when traced:
+                under `jit` too), or whose sample 0 is not the instance `X[0]` (checked eagerly,
+                before the model runs).
         """
         num_samples = check_positive_int("num_samples", num_samples)
         X = as_rows("X", X)
         width = self.kernel_width
         if width is None:
             width = 0.75 * math.sqrt(X.shape[1])
+        key = jax.random.key(0) if key is None else key
         if self.perturb_func is None:
             sample = GaussianNeighbourhood(num_samples, jnp.ones(X.shape[1], X.dtype), None)
         else:
             sample = _UserSampler(self.perturb_func, num_samples)
+            if X.shape[0] and is_concrete((X, key)):  # the first row, before the model runs
+                first = as_row_keys(key, X.shape[0])[0]
+                _, samples = sample(first, X[0], None)
+                if not bool(_is_instance(samples[0], X[0])):
+                    gap = float(jnp.max(jnp.abs(samples[0] - X[0])))
+                    raise ValueError(
+                        "perturb_func must return the instance itself as sample 0 (lime's "
+                        "convention: the kernel weighs each sample by its distance to sample "
+                        "0, and the local prediction is the surrogate's at sample 0); for X[0] "
+                        f"its sample 0 differs by up to {gap:.3g}: "
+                        "set it, e.g. samples.at[0].set(x_row)"
+                    )
         result = local_surrogates(
-            jax.random.key(0) if key is None else key,
+            key,
             self._model,
             X,
             sample,

@@ -6,14 +6,50 @@ import argparse
 import sys
 from pathlib import Path
 
+# test digits the demo can explain: a quarter of scikit-learn's 1797 digits (`_demo`'s split,
+# checked in tests/test_demo.py); a constant so that parsing loads neither sklearn nor haiku
+TEST_DIGITS = 450
+
+
+def _digits(text: str) -> int:
+    """`--digits`: an int in 1..TEST_DIGITS (0 or -1 would explain nothing or slice from the
+    end)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 1 <= value <= TEST_DIGITS:
+        raise argparse.ArgumentTypeError(
+            f"must be in 1..{TEST_DIGITS} (the number of test digits), got {value}"
+        )
+    return value
+
+
+def _out_dir(text: str) -> str:
+    """`--out`: a directory, existing or to be made; refused before the run when it, or the
+    nearest existing path above it, is not a directory (the report would fail after it)."""
+    path = Path(text)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        what = "is" if existing == path else f"is under {str(existing)!r}, which is"
+        raise argparse.ArgumentTypeError(
+            f"{text!r} {what} a file, not a directory: pass a directory for the report"
+        )
+    return text
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xai_jax")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="every method on a haiku classifier of digits")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--digits", type=int, default=4, help="how many test digits to explain")
-    demo.add_argument("--out", default="demo_output", help="directory for figures and report")
+    demo.add_argument(
+        "--digits", type=_digits, default=4,
+        help=f"how many test digits to explain (1..{TEST_DIGITS})",
+    )  # fmt: skip
+    demo.add_argument(
+        "--out", type=_out_dir, default="demo_output", help="directory for figures and report"
+    )
     demo.add_argument("--quick", action="store_true", help="fewer steps and samples (tests)")
     commands.add_parser(
         "bench", help="benchmark suite (needs the bench extra); options as benchmarks/run.py"

@@ -212,13 +212,36 @@ def write_report(out_dir: Path, x, labels, accuracy, attributions, timings, seco
     return results
 
 
+def check_out(out) -> Path:
+    """`out` as a directory path, refused up front when it (or the nearest existing path above
+    it) is a file: writing the report would fail only after the whole run."""
+    path = Path(out)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"out={str(out)!r}: {str(existing)!r} is a file, not a directory")
+    return path
+
+
 def main(seed: int = 0, num_digits: int = 4, out: str = "demo_output", quick: bool = False):
+    """Train, explain `num_digits` test digits, write the report to `out`.
+
+    Raises:
+        ValueError: `num_digits` outside 1..the number of test digits, or `out` (or a path above
+            it) an existing file; both before anything is trained.
+    """
     t0 = time.perf_counter()
+    out_dir = check_out(out)
     digits = load_digits()
     data = (digits.data / 16.0).astype(np.float32)
     x_train, x_test, y_train, y_test = train_test_split(
         data, digits.target, test_size=0.25, random_state=seed, stratify=digits.target
     )
+    if isinstance(num_digits, bool) or not isinstance(num_digits, int | np.integer):
+        raise TypeError(f"num_digits must be an int, got {type(num_digits).__name__}")
+    if not 1 <= num_digits <= len(x_test):
+        raise ValueError(
+            f"num_digits must be in 1..{len(x_test)} (the number of test digits), got {num_digits}"
+        )
     key = jax.random.key(seed)
     net, params, loss = train(key, jnp.asarray(x_train), jnp.asarray(y_train),
                               steps=200 if quick else 400)  # fmt: skip
@@ -230,7 +253,7 @@ def main(seed: int = 0, num_digits: int = 4, out: str = "demo_output", quick: bo
                                     jnp.asarray(x_train[:50]), quick)  # fmt: skip
     for name, seconds in timings.items():
         print(f"  {name:<40s} {seconds:6.2f} s")
-    results = write_report(Path(out), x, y_test[:num_digits], accuracy, attributions, timings,
+    results = write_report(out_dir, x, y_test[:num_digits], accuracy, attributions, timings,
                            time.perf_counter() - t0)  # fmt: skip
     print(f"wrote {out}/report.md, report.html, results.json and figures "
           f"in {time.perf_counter() - t0:.1f} s")  # fmt: skip

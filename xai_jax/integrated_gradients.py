@@ -25,7 +25,13 @@ from jaxtyping import Array, Float, Int, PyTree
 
 from xai_jax import _chunks, _paths
 from xai_jax._blackbox import mark_invalid, model_output
-from xai_jax._checks import as_key, check_bool, check_positive, check_positive_int
+from xai_jax._checks import (
+    as_key,
+    check_bool,
+    check_finite,
+    check_positive,
+    check_positive_int,
+)
 from xai_jax._inputs import as_background, as_inputs, as_target
 from xai_jax.layer_attribution import (
     layer_conductance,
@@ -190,7 +196,8 @@ def expected_gradients(
         x: inputs (array or pytree) with a leading batch axis.
         background: baselines to draw from: `x`'s structure with a leading axis of any size.
         num_samples: draws per example.
-        stdev: standard deviation of the noise added to the inputs (>= 0).
+        stdev: standard deviation of the noise added to the inputs (finite, >= 0; it may be
+            traced).
         target: as in `integrated_gradients`.
         internal_batch_size: largest number of rows per model call (None: all at once).
 
@@ -198,8 +205,8 @@ def expected_gradients(
         Attributions shaped like `x`.
 
     Raises:
-        ValueError: `num_samples < 1`, negative `stdev`, an empty batch, a `background`
-            without rows or not shaped like `x`'s rows, target errors as in
+        ValueError: `num_samples < 1`, a negative or infinite concrete `stdev`, an empty
+            batch, a `background` without rows or not shaped like `x`'s rows, target errors as in
             `integrated_gradients`, NaN/inf in concrete `x` or `background` (traced ones
             give non-finite attributions in the rows they touch: every row that drew a
             non-finite background row).
@@ -219,6 +226,7 @@ def expected_gradients(
     key = as_key(key)
     num_samples = check_positive_int("num_samples", num_samples)
     check_positive("stdev", stdev, allow_zero=True)
+    check_finite("stdev", stdev)
     ibs = _paths.check_internal_batch_size(internal_batch_size)
     inputs = as_inputs(x)
     background = as_background(background, inputs.x)

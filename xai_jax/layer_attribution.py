@@ -281,7 +281,7 @@ def neuron_conductance(
 def _as_neuron_index(neuron_index: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
     index = (neuron_index,) if isinstance(neuron_index, numbers.Integral) else neuron_index
     if not isinstance(index, tuple | list) or not all(
-        isinstance(i, numbers.Integral) for i in index
+        isinstance(i, numbers.Integral) and not isinstance(i, bool | np.bool_) for i in index
     ):
         raise TypeError(f"neuron_index must be an int or a tuple of ints, got {neuron_index!r}")
     index = tuple(int(i) for i in index)

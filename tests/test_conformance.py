@@ -62,6 +62,17 @@ def _loss(v):  # scalar black box of one point [6]
     return -jax.nn.log_softmax(jnp.tanh(v @ _W))[1]
 
 
+def _numpy_mlp(x):  # _mlp in NumPy: a black box the estimators call through a host callback
+    z = np.tanh(np.asarray(x) @ np.asarray(_W, np.asarray(x).dtype))
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _numpy_loss(v):  # _loss in NumPy
+    z = np.tanh(np.asarray(v) @ np.asarray(_W, np.asarray(v).dtype))
+    return -(z[1] - z.max() - np.log(np.exp(z - z.max()).sum()))
+
+
 _W1, _W2 = _normal(6, 5), _normal(5, 3)
 _T = jnp.array([0, 2, 1])
 
@@ -149,6 +160,11 @@ CASES = [
          lambda k, x: numerical_gradient(_mlp, x, eps=1e-2), (_normal(3, 6),)),
     Case("urv_gradient", urv_gradient,
          lambda k, x: urv_gradient(k, _loss, x, num_samples=16), (_normal(6),), random=True),
+    Case("numerical_gradient[numpy black box]", numerical_gradient,
+         lambda k, x: numerical_gradient(_numpy_mlp, x, eps=1e-2), (_normal(3, 6),), grad_arg=None),
+    Case("urv_gradient[numpy black box]", urv_gradient,
+         lambda k, x: urv_gradient(k, _numpy_loss, x, num_samples=16), (_normal(6),), random=True,
+         grad_arg=None),
     Case("urv_gradient[chunked, traced step]", urv_gradient,
          lambda k, x, t: urv_gradient(k, _loss, x, num_samples=10, step=t, batch_size=4),
          (_normal(6), jnp.float32(3.0)), random=True),

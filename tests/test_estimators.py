@@ -103,7 +103,10 @@ def test_numerical_gradient_is_differentiable(x64, rng):
         (lambda: numerical_gradient(lambda z: z, jnp.ones((2, 3)), eps=-jnp.ones(3)), ValueError, "eps must be > 0"),
         (lambda: numerical_gradient(lambda z: z, jnp.ones((2, 3)), eps=jnp.ones(4)), ValueError, "one value per feature"),
         (lambda: numerical_gradient(lambda z: z, jnp.ones((2, 3)), batch_size=1), ValueError, "batch_size must be >= 2"),
-        (lambda: numerical_gradient(lambda z: z.sum(), jnp.ones((2, 3))), ValueError, "leading batch axis of 2"),
+        (lambda: numerical_gradient(lambda z: z.sum(), jnp.ones((2, 3))), ValueError, "one output row per input row"),
+        (lambda: numerical_gradient(lambda z, s: np.asarray(z) * s, jnp.ones((2, 3)), args=(2.0,)), TypeError, "fn is not a JAX function .* passes no args"),
+        (lambda: urv_gradient(KEY, lambda z: np.asarray(z), jnp.ones(3)), ValueError, "fn must return a scalar, got shape \\(3,\\)"),
+        (lambda: urv_gradient(KEY, lambda z: str(np.asarray(z)), jnp.ones(3)), TypeError, "fn must return real numbers"),
         (lambda: urv_gradient(KEY, jnp.sum, jnp.ones(3), num_samples=0), ValueError, "num_samples must be >= 1"),
         (lambda: urv_gradient(KEY, jnp.sum, jnp.ones(3), mu=0.0), ValueError, "mu must be > 0"),
         (lambda: urv_gradient(KEY, jnp.sum, jnp.ones(3), step=0), ValueError, "step must be >= 1"),
@@ -115,6 +118,33 @@ def test_numerical_gradient_is_differentiable(x64, rng):
 def test_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+_W = np.arange(8.0, dtype=np.float32).reshape(4, 2) / 8
+
+
+def _numpy_model(x):
+    return np.tanh(np.asarray(x) @ _W)
+
+
+def _numpy_loss(v):
+    return np.float32(np.sum(np.sin(np.asarray(v))))
+
+
+def test_numpy_black_boxes_are_called_through_a_callback(rng):
+    """The estimators are the option for black boxes: a NumPy model gives the numbers of the
+    same model written in JAX (it raised a tracer conversion error before), eagerly and under
+    jit (retracing and the rest: the numpy cases of tests/test_conformance.py)."""
+    x = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
+    jax_model = lambda z: jnp.tanh(z @ _W)
+    expected = numerical_gradient(jax_model, x)
+    np.testing.assert_allclose(numerical_gradient(_numpy_model, x), expected, atol=5e-5)
+    jitted = jax.jit(lambda z: numerical_gradient(_numpy_model, z))(x)
+    np.testing.assert_allclose(jitted, expected, atol=5e-5)
+    key = jax.random.key(3)
+    got = urv_gradient(key, _numpy_loss, x[0], num_samples=64)
+    want = urv_gradient(key, lambda v: jnp.sum(jnp.sin(v)), x[0], num_samples=64)
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_urv_linear_function_scaling_is_exact():

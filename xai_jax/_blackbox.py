@@ -124,18 +124,21 @@ class HostFunction:
     fn: Callable
     out_tail: tuple[int, ...]
     dtype: np.dtype
+    batched: bool = True  # fn maps rows to rows; False: one point to one output (`out_tail`)
 
     def __call__(self, rows: jax.Array) -> jax.Array:
-        spec = jax.ShapeDtypeStruct((rows.shape[0], *self.out_tail), self.dtype)
+        lead = (rows.shape[0],) if self.batched else ()
+        spec = jax.ShapeDtypeStruct((*lead, *self.out_tail), self.dtype)
         return jax.pure_callback(self._host, spec, rows, vmap_method="sequential")
 
     def _host(self, rows: ArrayLike) -> np.ndarray:  # a NumPy array, or a JAX one eagerly
         out = np.asarray(self.fn(np.asarray(rows)))
-        expected = (rows.shape[0], *self.out_tail)
+        expected = (rows.shape[0], *self.out_tail) if self.batched else self.out_tail
         if out.shape != expected:
+            per = f"for {rows.shape[0]} rows" if self.batched else "for a point"
             raise ValueError(
-                f"fn returned shape {out.shape} for {rows.shape[0]} rows; it returned "
-                f"{self.out_tail} per row before, so expected {expected}"
+                f"fn returned shape {out.shape} {per}; it returned {self.out_tail} "
+                f"{'per row ' if self.batched else ''}before, so expected {expected}"
             )
         return out.astype(self.dtype)
 
@@ -150,10 +153,8 @@ def as_model(fn: Callable, x: jax.Array, num_rows: int) -> tuple[Callable, jax.S
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     rows = jax.ShapeDtypeStruct((num_rows, *x.shape[1:]), x.dtype)
-    try:
+    if not _fails_on_tracers(fn, rows):
         return fn, _checked(shape_of(fn, rows, {}), num_rows, rows.shape)
-    except _NOT_JAX:
-        pass
     probe = np.zeros((2, *x.shape[1:]), x.dtype)
     if is_concrete(x) and x.shape[0]:
         probe[:] = np.asarray(x)[np.minimum(np.arange(2), x.shape[0] - 1)]
@@ -164,6 +165,44 @@ def as_model(fn: Callable, x: jax.Array, num_rows: int) -> tuple[Callable, jax.S
     model = HostFunction(fn, result.shape[1:], np.dtype(x.dtype))
     out = jax.ShapeDtypeStruct((num_rows, *result.shape[1:]), x.dtype)
     return model, out
+
+
+def as_point_model(fn: Callable, x: jax.Array) -> tuple[Callable, jax.ShapeDtypeStruct]:
+    """`(model, out)`: `fn`, a function of one point shaped like `x`, ready to be `vmap`ped
+    inside `jit`. A JAX function is returned as it is; one that fails on tracers (NumPy) is
+    probed once at `x` (zeros if `x` is traced) and wrapped in a point-wise `HostFunction`."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    point = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    if not _fails_on_tracers(fn, point):
+        return fn, shape_of(fn, point, {})
+    probe = np.asarray(x) if is_concrete(x) else np.zeros(x.shape, x.dtype)
+    result = np.asarray(fn(probe))
+    if not np.issubdtype(result.dtype, np.number) and result.dtype != np.bool_:
+        raise TypeError(f"fn must return real numbers, got dtype {result.dtype}")
+    model = HostFunction(fn, result.shape, np.dtype(x.dtype), batched=False)
+    return model, jax.ShapeDtypeStruct(result.shape, x.dtype)
+
+
+def _fails_on_tracers(fn: Callable, x: jax.ShapeDtypeStruct) -> bool:
+    """Whether `fn` is not written in JAX: tracing it on `x` fails as NumPy code does. The
+    answer is cached (a failed trace is not), so a black box is traced once per input shape."""
+    try:
+        hash(fn)
+    except TypeError:
+        return _trace_fails(fn, x)
+    return _trace_fails_cached(fn, x)
+
+
+def _trace_fails(fn: Callable, x: jax.ShapeDtypeStruct) -> bool:
+    try:
+        shape_of(fn, x, {})
+    except _NOT_JAX:
+        return True
+    return False
+
+
+_trace_fails_cached = functools.lru_cache(maxsize=256)(_trace_fails)
 
 
 def _checked(out, num_rows: int, given) -> jax.ShapeDtypeStruct:

@@ -11,6 +11,7 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float, Real
 
 from xai_jax import _chunks
+from xai_jax._blackbox import _NOT_JAX, as_model, as_point_model
 from xai_jax._checks import (
     as_float_array,
     as_key,
@@ -45,7 +46,10 @@ def numerical_gradient(
     host loop over one compiled chunk when called eagerly, compiled once per shapes and options,
     and a `lax.map` under `jit`), so memory stays bounded whatever the batch and feature count,
     and the whole function is jittable and differentiable. An integer- or boolean-valued `fn`
-    is differenced in `x`'s floating dtype.
+    is differenced in `x`'s floating dtype. A NumPy black box (one that fails on JAX tracers,
+    such as a scikit-learn `predict_proba`) is called through `jax.pure_callback`, as in
+    `lime`: probed once on two rows, then once per chunk (without `args`, which the callback
+    cannot pass: bind them into `fn`); it is not differentiable.
 
     The denominator is the step actually taken in floating point, `(x + h) - (x - h)`, rather
     than `2 h`: that removes the representation error of the step from every estimate.
@@ -55,7 +59,7 @@ def numerical_gradient(
 
     Args:
         fn: `fn(x, *args)` maps a batch `[N, *features]` to `[N, *outputs]` (`[N]` for scalar
-            outputs). It must treat rows independently.
+            outputs), a JAX or a NumPy function. It must treat rows independently.
         x: `[B, *features]` points.
         eps: step size; a positive scalar, one per feature (shape `[F]` or `features`). None
             picks `cbrt(machine eps) * max(1, |x|)` per entry (about 4.9e-3 for float32 inputs
@@ -75,6 +79,7 @@ def numerical_gradient(
         ValueError: `x` without a batch axis, `eps` that is not positive and finite or has the
             wrong shape, or below the dtype's resolution at a concrete `x`, `batch_size < 2`,
             NaN/inf in a concrete `x` (traced ones give non-finite estimates in their rows).
+        TypeError: a NumPy black box with `args`.
 
     Example:
         >>> import jax.numpy as jnp, numpy as np
@@ -89,7 +94,7 @@ def numerical_gradient(
     num_features = math.prod(feature_shape)
     flat = x.reshape(batch, num_features)
     steps = _steps(eps, flat, feature_shape)  # [B, F] or broadcastable
-    out_shape = _chunks.shape_of(_apply, (fn, args), x).shape
+    fn, out_shape = _model(fn, args, x)
     if out_shape[:1] != (batch,):
         raise ValueError(f"fn must return a leading batch axis of {batch}, got shape {out_shape}")
 
@@ -119,6 +124,22 @@ class _Differences(NamedTuple):
     flat: jax.Array  # [B, F] the points
     steps: jax.Array  # [B, F] the step of every entry
     feature_shape: tuple[int, ...]
+
+
+def _model(fn: Callable, args: tuple, x: jax.Array) -> tuple[Callable, tuple[int, ...]]:
+    """`fn` and the shape of `fn(x, *args)`; a NumPy black box (one that fails on tracers)
+    goes behind `jax.pure_callback` (`_blackbox.as_model`), which takes no `args`."""
+    if not args:  # as_model caches whether fn fails on tracers: an eager call retraces nothing
+        model, out = as_model(fn, x, x.shape[0])
+        return model, out.shape
+    try:
+        return fn, _chunks.shape_of(_apply, (fn, args), x).shape
+    except _NOT_JAX as error:
+        raise TypeError(
+            "fn is not a JAX function (it failed on a tracer) and is called through "
+            "jax.pure_callback, which passes no args: bind them, e.g. "
+            "fn=functools.partial(f, *args)"
+        ) from error
 
 
 def _apply(model: tuple, x: jax.Array) -> jax.Array:
@@ -206,14 +227,16 @@ def urv_gradient(
     (`fold_in(key, chunk)`), so memory stays bounded for any `num_samples` (`_chunks.run`:
     called eagerly, a host loop over one chunk compiled once per shapes and options; under
     `jit`, a `lax.scan`). The estimate is unbiased for the gradient of a smoothed `fn` and its
-    variance falls as `1/q`; where `fn` is JAX, `jax.grad` is exact and far cheaper.
+    variance falls as `1/q`; where `fn` is JAX, `jax.grad` is exact and far cheaper. A NumPy
+    black box (one that fails on JAX tracers) is called through `jax.pure_callback`, one point
+    at a time.
 
     Static arguments: `fn`, `num_samples` and `batch_size`; `key`, `x`, `mu` and `step` may be
     traced.
 
     Args:
         key: a PRNG key (typed or legacy uint32).
-        fn: scalar function of one point of `x`'s shape.
+        fn: scalar function of one point of `x`'s shape (JAX or NumPy).
         x: the point.
         num_samples: number of random directions `q` (>= 1).
         mu: smoothing radius (> 0); may be traced.
@@ -254,7 +277,7 @@ def urv_gradient(
         check_positive("mu", mu)
         check_finite("mu", mu)
         mu = jnp.asarray(mu, x.dtype)
-    out = _chunks.shape_of(_value, fn, x)
+    fn, out = as_point_model(fn, x)
     if out.shape != ():
         raise ValueError(f"fn must return a scalar, got shape {out.shape}")
 

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.tree import DecisionTreeRegressor
 
 from xai_jax import (
     LimeBase,
@@ -446,6 +447,7 @@ BAD = [
     (lambda: lime(K, _vec, _x, target=2), ValueError, "target out of range"),
     (lambda: lime(K, _f, _x, target=0), ValueError, "target must be None"),
     (lambda: lime(K, _f, _x, regressor=object()), TypeError, "regressor must be a scikit-learn regressor"),
+    (lambda: lime(K, _f, _x, num_samples=16, regressor=DecisionTreeRegressor()), TypeError, "regressor must be a linear model: .* DecisionTreeRegressor"),
     (lambda: lime(K, "model", _x), TypeError, "fn must be callable"),
     (lambda: lime(0, _f, _x), TypeError, "key must be a PRNG key"),
     (lambda: kernel_shap(K, _f, jnp.ones(4), _x), ValueError, "x must be 2-D"),

@@ -91,6 +91,14 @@ def _head(h):  # [n, 5] -> [n, 3]
     return h @ jnp.asarray(_W2, h.dtype)
 
 
+def _dropping(z):  # a layer that keeps at most 3 rows: right for X, wrong on a longer path batch
+    return _layer(z)[:3]
+
+
+def _total(h):  # a head without a batch axis
+    return _head(h).sum()
+
+
 def _model_x(x):  # the same black box with LimeBase's keyword `x`
     return _model(x)
 
@@ -176,6 +184,7 @@ BAD = [
     Bad("bernoulli_perturbation", "empty", lambda: bernoulli_perturbation(K, np.ones(0), 4, segments=np.zeros(0, int)), ValueError, r"segments is empty"),
     Bad("bernoulli_perturbation", "target", lambda: bernoulli_perturbation(K, X[0], 4, segments=_SEG, num_segments=1), ValueError, r"segments has label 1 but num_segments=1"),
     Bad("bernoulli_perturbation", "value", lambda: bernoulli_perturbation(K, X[0], 4, p=float("nan")), ValueError, r"p must be in \[0, 1\]"),
+    Bad("bernoulli_perturbation", "shape", lambda: bernoulli_perturbation(K, X[0], 4, p=np.full(4, 0.5)), ValueError, r"p must be a scalar probability in \[0, 1\], got shape \(4,\)"),
     Bad("exponential_kernel", "value", lambda: exponential_kernel(X, 0.0), ValueError, r"kernel_width must be > 0"),
     Bad("exponential_kernel", "type", lambda: exponential_kernel(X * 1j, 1.0), TypeError, r"distances must be real"),
     Bad("shapley_kernel", "target", lambda: shapley_kernel(4, [0, 5]), ValueError, r"coalition_sizes must lie in \[0, num_features=4\]"),
@@ -200,6 +209,7 @@ BAD = [
     Bad("weighted_ridge", "value", lambda: weighted_ridge(X, _Y, -np.ones(3)), ValueError, r"sample_weight must be >= 0"),
     # integrated gradients and its variants
     Bad("integrated_gradients", "rank", lambda: integrated_gradients(_model, np.float32(1.0), target=0), ValueError, r"x must have at least 1 dimension"),
+    Bad("integrated_gradients", "type", lambda: integrated_gradients(_model, X.tolist(), target=T), ValueError, r"x is a list holding Python numbers, which JAX reads as a pytree of scalars"),
     Bad("integrated_gradients", "shape", lambda: _ig(baselines=_normal(2, 4)), ValueError, r"baselines must be a scalar or of shape \(1, 4\) or \(3, 4\)"),
     Bad("integrated_gradients", "shape", lambda: _ig(baselines=_normal(3, 5)), ValueError, r"baselines must be a scalar or of shape"),
     Bad("integrated_gradients", "shape", lambda: _ig(forward_kwargs={"s": np.ones(2)}), ValueError, r"forward_kwargs\['s'\] must have the batch size 3"),
@@ -236,6 +246,12 @@ BAD = [
     Bad("expected_gradients", "value", lambda: _eg(stdev=np.inf), ValueError, r"stdev contains NaN or inf"),
     Bad("neuron_conductance", "type", lambda: _nc(True), TypeError, r"neuron_index must be an int or a tuple of ints, got True"),
     Bad("neuron_conductance", "type", lambda: _nc((0, np.bool_(True))), TypeError, r"neuron_index must be an int or a tuple of ints"),
+    # a layer_fn whose rows do not follow the batch's, a head_fn without rows: named, not baselines
+    Bad("layer_integrated_gradients", "shape", lambda: layer_integrated_gradients(_dropping, _head, X, target=T), ValueError, r"layer_fn must return one output row per input row .* for 6 input rows"),
+    Bad("layer_integrated_gradients", "shape", lambda: layer_integrated_gradients(_layer, _total, X), ValueError, r"head_fn must return one output row per input row"),
+    Bad("layer_conductance", "shape", lambda: layer_conductance(_dropping, _head, X, target=T), ValueError, r"layer_fn must treat rows independently"),
+    Bad("layer_conductance", "shape", lambda: layer_conductance(lambda z: _layer(z)[:1], _head, X, target=T), ValueError, r"layer_fn must return one output row per input row .* for 3 input rows"),
+    Bad("neuron_conductance", "shape", lambda: neuron_conductance(_dropping, _head, X, 1, target=T), ValueError, r"layer_fn must treat rows independently"),
     Bad("smoothgrad", "empty", lambda: _sg(np.ones((0, 4))), ValueError, r"x has an empty batch"),
     Bad("smoothgrad", "value", lambda: _sg(stdev=-1.0), ValueError, r"stdev must be >= 0"),
     Bad("expected_gradients", "shape", lambda: _eg(bg=_normal(5, 3)), ValueError, r"background must be rows shaped like x's"),
@@ -245,6 +261,7 @@ BAD = [
     Bad("expected_gradients", "target", lambda: _eg(target=np.array([0, 1, 3])), ValueError, r"target out of range .* rows \[2\]"),
     # local surrogates
     Bad("lime", "rank", lambda: _lime(X[0]), ValueError, r"x must be 2-D"),
+    Bad("lime", "empty", lambda: _lime(np.ones((3, 0), np.float32)), ValueError, r"x must have at least one feature \(column\), got shape \(3, 0\)"),
     Bad("lime", "shape", lambda: _lime(scale=np.ones(3)), ValueError, r"scale must be a scalar or one value per feature \(4,\)"),
     Bad("lime", "shape", lambda: _lime(mean=np.ones(5)), ValueError, r"mean must be a scalar or one value per feature"),
     Bad("lime", "shape", lambda: _lime(perturbation="bernoulli", segments=np.zeros((2, 4), int)), ValueError, r"segments must have shape \(4,\) or \(3, 4\)"),
@@ -257,6 +274,7 @@ BAD = [
     Bad("lime", "name", lambda: _lime(feature_selection="lars"), ValueError, r"feature_selection='lars' is not one of"),
     Bad("lime", "name", lambda: _lime(distance_metric="chebyshev"), ValueError, r"distance_metric='chebyshev' is not one of"),
     Bad("kernel_shap", "rank", lambda: _shap(X[0]), ValueError, r"x must be 2-D"),
+    Bad("kernel_shap", "empty", lambda: _shap(np.ones((3, 0), np.float32), bg=np.ones((5, 0), np.float32)), ValueError, r"x must have at least one feature"),
     Bad("kernel_shap", "rank", lambda: _shap(bg=BG[0]), ValueError, r"background must be 2-D"),
     Bad("kernel_shap", "shape", lambda: _shap(bg=_normal(5, 3)), ValueError, r"background must have the 4 features of x"),
     Bad("kernel_shap", "empty", lambda: _shap(bg=np.ones((0, 4), np.float32)), ValueError, r"background"),

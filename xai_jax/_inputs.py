@@ -32,6 +32,12 @@ def as_inputs(x, name: str = "x", *, finite: bool = True, allow_empty: bool = Fa
     leaves, treedef = jax.tree.flatten(x)
     if not leaves:
         raise ValueError(f"{name} must be an array or a non-empty pytree of arrays")
+    if treedef.num_nodes > 1 and any(isinstance(leaf, numbers.Number) for leaf in leaves):
+        raise ValueError(
+            f"{name} is a {type(x).__name__} holding Python numbers, which JAX reads as a pytree "
+            f"of scalars without a batch axis: pass an array (e.g. jnp.asarray({name})) or a "
+            "pytree of arrays, each with a leading batch axis"
+        )
     leaves = [as_float_array(name, leaf, min_ndim=1, finite=finite) for leaf in leaves]
     sizes = {leaf.shape[0] for leaf in leaves}
     if len(sizes) != 1:
@@ -112,10 +118,13 @@ def as_forward_kwargs(forward_kwargs, batch: int) -> dict:
 
 
 def as_rows(name: str, x) -> jax.Array:
-    """`x` as a floating `[rows, features]` array, or a ValueError naming it."""
+    """`x` as a floating `[rows, features]` array with at least one feature, or a ValueError
+    naming it."""
     x = as_float_array(name, x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D [rows, features], got shape {x.shape}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one feature (column), got shape {x.shape}")
     return x
 
 

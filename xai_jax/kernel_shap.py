@@ -122,7 +122,8 @@ def kernel_shap(
         `[n, d]` Shapley values (empty for an empty `x`, `fn` not called).
 
     Raises:
-        ValueError: `x` or `background` not 2-D or with different feature counts, a
+        ValueError: `x` or `background` not 2-D, without features or with different feature
+            counts, a
             `background` without rows, `num_samples < 1`, a black box whose output does not
             have one row per input row, a target out of range or missing for a vector output,
             a key array whose length is not `n`, NaN/inf in a concrete `x` or `background`

@@ -19,7 +19,7 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float, Int, PyTree
 
 from xai_jax import _chunks, _paths
-from xai_jax._blackbox import call, model_output, shape_of
+from xai_jax._blackbox import call, model_output, rows_output
 from xai_jax._checks import check_bool, check_positive_int
 from xai_jax._inputs import as_baselines, as_forward_kwargs, as_inputs, as_target
 from xai_jax.quadrature import check_rule, rule
@@ -62,6 +62,11 @@ def layer_integrated_gradients(
         ValueError, TypeError: as `integrated_gradients` (NaN/inf in concrete `x` or
             `baselines` raise; traced ones, or a layer that overflows, give non-finite
             attributions in the rows they touch).
+            A `layer_fn` whose output rows do not follow the input's (one per input row,
+            for a batch and for twice it: rows mixed or dropped), a `head_fn` without one
+            floating output row per layer row; each error names the function. A `layer_fn`
+            that mixes rows but keeps their number (`h - h.mean(0)`) cannot be seen by shape
+            and is not detected.
 
     Example:
         >>> import jax.numpy as jnp
@@ -80,7 +85,7 @@ def layer_integrated_gradients(
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
     b = as_baselines(baselines, inputs.x)
     # the target is checked on the whole model's output shape before the layer runs
-    model = _paths.Composed(layer_fn, head_fn)
+    model, _ = _checked_split(layer_fn, head_fn, inputs.x, kwargs)
     as_target(target, model_output(model, inputs.x, kwargs), inputs.batch)
     both = jax.tree.map(lambda a, c: jnp.concatenate([a, c]), inputs.x, b)
     both_kwargs = {name: _paths.rows(v, 2) for name, v in kwargs.items()}
@@ -148,6 +153,7 @@ def layer_conductance(
     Raises:
         ValueError, TypeError: as `integrated_gradients` (NaN/inf in concrete `x` or
             `baselines` raise; traced ones give non-finite attributions in their rows).
+            `layer_fn`/`head_fn` as `layer_integrated_gradients`.
 
     Example:
         >>> import jax.numpy as jnp
@@ -163,13 +169,13 @@ def layer_conductance(
     delta = check_bool("return_convergence_delta", return_convergence_delta)
     ibs = _paths.check_internal_batch_size(internal_batch_size)
     inputs = as_inputs(x)
-    model = _paths.Composed(layer_fn, head_fn)
-    data = _paths.operands(model, inputs, baselines, target, forward_kwargs)
+    kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
+    model, layer = _checked_split(layer_fn, head_fn, inputs.x, kwargs)
+    data = _paths.operands(model, inputs, baselines, target, kwargs)
     dtype = jax.tree.leaves(inputs.x)[0].dtype
     points = rule(method, n_steps + 1)
     table, num_chunks, per_chunk = _paths.path_table(points, inputs.batch, ibs, dtype, overlap=True)
     config = _ConductanceConfig(layer_fn, head_fn, per_chunk, delta)
-    layer = shape_of(layer_fn, inputs.x, data.kwargs)
     ops = _paths.PathOperands(data, table)
     return _chunks.run(_conductance_chunk, _conductance_finish, config, ops, layer, num_chunks)
 
@@ -246,7 +252,8 @@ def neuron_conductance(
     Raises:
         ValueError: a `neuron_index` outside the layer's shape, and as
             `integrated_gradients` (NaN/inf in concrete `x` or `baselines` raise; traced
-            ones give non-finite attributions in their rows).
+            ones give non-finite attributions in their rows); `layer_fn`/`head_fn` as
+            `layer_integrated_gradients`.
         TypeError: a `neuron_index` that is not an int or a tuple of ints, a `layer_fn`
             that does not return one array.
 
@@ -263,9 +270,9 @@ def neuron_conductance(
     by_inputs = check_bool("multiply_by_inputs", multiply_by_inputs)
     ibs = _paths.check_internal_batch_size(internal_batch_size)
     inputs = as_inputs(x)
-    model = _paths.Composed(layer_fn, head_fn)
-    data = _paths.operands(model, inputs, baselines, target, forward_kwargs)
-    layer = shape_of(layer_fn, inputs.x, data.kwargs)
+    kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
+    model, layer = _checked_split(layer_fn, head_fn, inputs.x, kwargs)
+    data = _paths.operands(model, inputs, baselines, target, kwargs)
     if not isinstance(layer, jax.ShapeDtypeStruct):
         raise TypeError(f"layer_fn must return one array for neuron_conductance, got {layer}")
     neuron = _as_neuron_index(neuron_index, layer.shape[1:])
@@ -276,6 +283,25 @@ def neuron_conductance(
     config = _NeuronConfig(layer_fn, head_fn, per_chunk, by_inputs, neuron)
     ops = _paths.PathOperands(data, table)
     return _chunks.run(_neuron_chunk, _neuron_finish, config, ops, inputs.x, num_chunks)
+
+
+def _checked_split(layer_fn: Callable, head_fn: Callable, x: Any, kwargs: dict) -> tuple:
+    """`(head_fn(layer_fn(.)), layer_fn(x)'s shapes)`, each function's output checked before
+    any path work: `layer_fn` returns one row per input row for `x` and for twice its batch
+    (the methods call it on many path points at once, so a `layer_fn` mixing or dropping rows
+    is refused here, naming it), and `head_fn` one floating row per row of the layer."""
+    layer = rows_output(layer_fn, x, kwargs, "layer_fn")
+    doubled = lambda v: jax.ShapeDtypeStruct((2 * v.shape[0], *v.shape[1:]), v.dtype)
+    twice = jax.tree.map(doubled, (x, kwargs))
+    try:
+        rows_output(layer_fn, *twice, "layer_fn")
+    except ValueError as error:
+        raise ValueError(
+            f"{error}; layer_fn must treat rows independently (it is called on many path "
+            "points in one batch)"
+        ) from None
+    model_output(head_fn, layer, kwargs, "head_fn")
+    return _paths.Composed(layer_fn, head_fn), layer
 
 
 def _as_neuron_index(neuron_index: Any, shape: tuple[int, ...]) -> tuple[int, ...]:

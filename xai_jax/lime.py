@@ -201,6 +201,12 @@ def _fit_regressor(regressor, Z, y, weights, keep) -> LimeResult:
     parts = []
     for z, t, w, k in zip(Z, y, weights, keep, strict=True):
         reg = sklearn.base.clone(regressor).fit(z[:, k], t, sample_weight=w)
+        if not (hasattr(reg, "coef_") and hasattr(reg, "intercept_")):
+            raise TypeError(
+                "regressor must be a linear model: lime's explanation is the surrogate's "
+                f"coef_ and intercept_, which a fitted {type(reg).__name__} does not have "
+                "(use e.g. sklearn.linear_model.Ridge)"
+            )
         pred = np.reshape(reg.predict(z[:, k]), t.shape)
         coef = np.zeros((*tail, z.shape[1]))
         coef[..., k] = np.reshape(reg.coef_, (*tail, -1))
@@ -300,15 +306,17 @@ def lime(
         (`RuntimeWarning`) when any row is NaN.
 
     Raises:
-        ValueError: `x` not 2-D, unknown `perturbation`/`feature_selection`/`distance_metric`,
-            `num_features` outside `[1, F]` or other than `F` with `feature_selection='none'`,
-            segments of the wrong shape, an option of the other perturbation (`scale`, `mean`
-            for Gaussian; `segments`, `num_segments`, `baseline` for Bernoulli) given other
-            than its default, a black box whose output does not have one row per
-            input row, a target out of range or missing for a vector output, a key array
-            whose length is not `n`, NaN/inf in a concrete `x`, `scale`, `mean` or `baseline`
-            (traced ones give non-finite results in the rows they touch).
-        TypeError: `key` is not a PRNG key, `regressor` has no `fit`/`predict`.
+        ValueError: `x` not 2-D or without features, unknown `perturbation`/
+            `feature_selection`/`distance_metric`, `num_features` outside `[1, F]` or other
+            than `F` with `feature_selection='none'`, segments of the wrong shape, an option
+            of the other perturbation (`scale`, `mean` for Gaussian; `segments`,
+            `num_segments`, `baseline` for Bernoulli) given other than its default, a black
+            box whose output does not have one row per input row, a target out of range or
+            missing for a vector output, a key array whose length is not `n`, NaN/inf in a
+            concrete `x`, `scale`, `mean` or `baseline` (traced ones give non-finite results
+            in the rows they touch).
+        TypeError: `key` is not a PRNG key, `regressor` has no `fit`/`predict` or, fitted, no
+            `coef_`/`intercept_` (not a linear model).
 
     Example:
         >>> import jax, jax.numpy as jnp

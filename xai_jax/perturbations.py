@@ -121,9 +121,9 @@ def bernoulli_perturbation(
         `[num_samples, *x.shape]`.
 
     Raises:
-        ValueError: `num_samples < 1`, `p` outside [0, 1], segments with negative labels, labels
-            `>= num_segments`, a `segments` shape that is not a leading part of `x`'s, a
-            `baseline` that does not broadcast to `x`, or NaN/inf in a concrete `x` or
+        ValueError: `num_samples < 1`, `p` not a scalar in [0, 1], segments with negative
+            labels, labels `>= num_segments`, a `segments` shape that is not a leading part of
+            `x`'s, a `baseline` that does not broadcast to `x`, or NaN/inf in a concrete `x` or
             `baseline` (traced ones are not checked: samples that keep a non-finite feature
             are non-finite).
         TypeError: `key` is not a PRNG key, or `segments` is not an integer array.
@@ -140,6 +140,8 @@ def bernoulli_perturbation(
     key = as_key(key)
     num_samples = check_positive_int("num_samples", num_samples)
     x = as_float_array("x", x)
+    if np.ndim(p) != 0:
+        raise ValueError(f"p must be a scalar probability in [0, 1], got shape {np.shape(p)}")
     if is_concrete(p) and not 0 <= float(p) <= 1:
         raise ValueError(f"p must be in [0, 1], got {p}")
     baseline = as_broadcast("baseline", baseline, x)

@@ -24,7 +24,7 @@ import numpy as np
 from jax.tree_util import Partial
 from jax.typing import ArrayLike
 
-from xai_jax import _haiku_forms
+from xai_jax import _haiku_forms, _paths
 from xai_jax._blackbox import call
 from xai_jax._checks import (
     as_float_array,
@@ -80,10 +80,6 @@ def _jsonable(value):
     if isinstance(value, jax.Array | np.ndarray | np.generic):
         return np.asarray(value).tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _composed(layer_fn: Callable, head_fn: Callable, x, **kwargs):
-    return head_fn(layer_fn(x, **kwargs), **kwargs)
 
 
 def _as_function(value, name: str) -> Callable:
@@ -218,7 +214,7 @@ class IntegratedGradients:
             return
         layer_fn, head_fn = self.layer
         want = np.asarray(call(self._model, x, kwargs))
-        got = np.asarray(call(Partial(_composed, layer_fn, head_fn), x, kwargs))
+        got = np.asarray(call(_paths.Composed(layer_fn, head_fn), x, kwargs))
         if got.shape != want.shape:
             raise ValueError(
                 "layer=(layer_fn, head_fn) does not split this model: head_fn(layer_fn(X)) has "

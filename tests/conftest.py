@@ -3,7 +3,8 @@ package's jaxtyping annotations checked at every call (the import hook, before x
 
 import os
 
-if os.environ.get("XAI_TYPECHECK"):
+# on by default (it costs about nothing: the suite's time is compilation); XAI_TYPECHECK=0 skips
+if os.environ.get("XAI_TYPECHECK", "1") != "0":
     import jaxtyping
 
     from tests import _typecheck  # the hook looks `tests._typecheck.checker` up by name

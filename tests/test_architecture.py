@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,20 @@ def test_import_is_light():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(os.environ.get("XAI_TYPECHECK", "1") == "0", reason="XAI_TYPECHECK=0")
+def test_annotations_are_checked_in_the_suite():
+    """conftest installs the jaxtyping import hook before xai_jax loads: a call that breaks an
+    annotation fails with the checker's error (outside `pytest.raises`, where it stands aside)."""
+    import jaxtyping
+    import numpy as np
+
+    import xai_jax
+
+    try:
+        xai_jax.pairwise_distances(np.ones((2, 3), np.float32), metric=3)
+    except jaxtyping.TypeCheckError as error:
+        assert "metric" in str(error)
+    else:
+        raise AssertionError("the annotation of metric was not checked")

@@ -246,7 +246,7 @@ def test_constructors_check_their_arguments(make, error, match):
 
 
 def test_valid_calls_satisfy_the_annotations():
-    """Valid arguments the annotations used to refuse (checked under XAI_TYPECHECK=1)."""
+    """Valid arguments the annotations used to refuse (checked: the suite runs the annotation checker)."""
     form, ref, _ = _make("without_apply_rng")
     explanation = Explanation(types.MappingProxyType({"name": "x"}), types.MappingProxyType({}))
     assert explanation.name == "x" and explanation.to_json()

@@ -206,8 +206,8 @@ def expected_gradients(
 
     Raises:
         ValueError: `num_samples < 1`, a negative or infinite concrete `stdev`, an empty
-            batch, a `background` without rows or not shaped like `x`'s rows, target errors as in
-            `integrated_gradients`, NaN/inf in concrete `x` or `background` (traced ones
+            batch, a `background` without rows or not shaped like `x`'s rows, target errors
+            as in `integrated_gradients`, NaN/inf in concrete `x` or `background` (traced ones
             give non-finite attributions in the rows they touch: every row that drew a
             non-finite background row).
         TypeError: `key` is not a PRNG key.

@@ -75,9 +75,8 @@ def smoothgrad(
 
     Raises:
         ValueError: `num_samples < 1`, unknown `nt_type`, a negative or infinite concrete
-            `stdev`, an empty batch,
-            NaN/inf in a concrete `x` (traced ones give non-finite attributions in the
-            rows they touch).
+            `stdev`, an empty batch, NaN/inf in a concrete `x` (traced ones give non-finite
+            attributions in the rows they touch).
         TypeError: `key` is not a PRNG key.
 
     Example:

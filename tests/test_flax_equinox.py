@@ -770,3 +770,102 @@ def test_readme_model_libraries_examples_run():
         attr, delta = namespace["attr"], namespace["delta"]
         assert attr.shape == (8, 16)
         assert float(jnp.max(jnp.abs(delta))) < 1e-3  # completeness of layer IG
+
+
+# ---- the wrappers take flax and equinox models ---------------------------------------------
+
+
+def test_integrated_gradients_wrapper_takes_flax_and_equinox_models():
+    from xai_jax import IntegratedGradients, LimeBase
+
+    target = jnp.arange(5) % 3
+    eqx_bn_free = _eqx_mlp()
+    models = {
+        "linen": ((LinenMLP(), _linen_params()), "Dense_1"),
+        "nnx path": (_nnx_mlp(), "layers.1"),
+        "nnx selector": (_nnx_mlp(), lambda m: m.layers[1]),
+        "equinox": (eqx_bn_free, lambda m: m.layers[1]),
+        "equinox with state": (
+            (_StatefulMLP(eqx_bn_free), eqx.nn.State(eqx_bn_free)),
+            lambda m: m.inner.layers[1],
+        ),
+    }
+    want = {
+        inputs: layer_integrated_gradients(
+            *_mlp_pairs(inputs)["haiku"], X_MLP, target=target, n_steps=50
+        )
+        for inputs in (False, True)
+    }
+    predictions = _haiku_mlp()[0].apply(_haiku_mlp()[1], X_MLP)
+    for library, (model, layer) in models.items():
+        explainer = IntegratedGradients(model, layer=layer)
+        try:
+            for inputs in (False, True):
+                explanation = explainer.explain(
+                    X_MLP, target=target, attribute_to_layer_inputs=inputs
+                )
+                _close(explanation.attributions[0], want[inputs], atol=1e-5)
+            _close(explanation.predictions, predictions, atol=1e-5)
+            _close(
+                IntegratedGradients(model).explain(X_MLP, target=target).predictions,
+                predictions,
+                atol=1e-5,
+            )
+        except AssertionError as error:
+            raise AssertionError(library) from error
+    # LimeBase calls a library model with its input positionally
+    coefs, _ = LimeBase(eqx_bn_free).attribute(X_MLP[:2], key=jax.random.key(0), num_samples=64)
+    assert coefs.shape == (2, 3, 4)
+
+
+class _StatefulMLP(eqx.Module):
+    inner: EqxMLP
+
+    def __call__(self, x, state):
+        return self.inner(x), state
+
+
+def test_wrapper_errors_for_flax_and_equinox_models():
+    from xai_jax import IntegratedGradients
+
+    cases = [
+        (
+            (LinenMLP(), "Dense_1"),
+            TypeError,
+            "model is a bare linen LinenMLP: pass it with its variables",
+        ),
+        (
+            ((LinenMLP(), _linen_params(), 3), "Dense_1"),
+            TypeError,
+            "a linen model comes as (module, variables)",
+        ),
+        (
+            ((LinenMLP(), _linen_params()), lambda m: m),
+            TypeError,
+            "a linen model is split at a scope path",
+        ),
+        (
+            (_eqx_mlp(), "layers.1"),
+            TypeError,
+            "an equinox model is split at a function selecting the submodule",
+        ),
+        (
+            ((_eqx_mlp(), 3), lambda m: m.layers[1]),
+            TypeError,
+            "an equinox model comes as the module, or as (module, state)",
+        ),
+        (
+            (lambda x: x, lambda m: m.layers[1]),
+            TypeError,
+            "layer is a function selecting a submodule, so model must be an nnx or equinox model",
+        ),
+        ((_nnx_mlp(), "layers.7"), ValueError, "path='layers.7' is not a submodule of the model"),
+        (
+            (_eqx_mlp(), lambda m: m.layers[0].weight),
+            TypeError,
+            "where must select an equinox Module",
+        ),
+    ]
+    for (model, layer), error, match in cases:
+        with pytest.raises(error, match=re.escape(match)):
+            IntegratedGradients(model, layer=layer)

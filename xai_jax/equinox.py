@@ -16,9 +16,9 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import numpy as np
 
 from xai_jax._checks import check_bool
+from xai_jax._equinox_forms import add_axis, call_one, drop_axis, over_batch
 from xai_jax._layer_split import split_at
 
 __all__ = ["split"]
@@ -103,9 +103,7 @@ def split(
     def run(x, kwargs: dict, hook: Callable):
         node = where(model)
         surgery = eqx.tree_at(where, model, replace=_Recorder(node, hook))
-        if state is None:
-            return surgery(x, **kwargs)
-        return surgery(x, state, **kwargs)[0]  # inference: the new state is discarded
+        return call_one(surgery, state, x, **kwargs)
 
     def intercept(x, kwargs: dict, on_layer: Callable):
         called = []
@@ -118,21 +116,21 @@ def split(
             if batched:
                 return on_layer(inner, args, call_kwargs)
             # one example, presented to the core as a batch of one
-            out = on_layer(_batch_of_one(inner), _add_axis(args), call_kwargs)
-            return _drop_axis(out)
+            out = on_layer(_batch_of_one(inner), add_axis(args), call_kwargs)
+            return drop_axis(out)
 
-        out = run(x if batched else _drop_axis(x), kwargs, hook)
+        out = run(x if batched else drop_axis(x), kwargs, hook)
         if not called:
             raise ValueError(
                 f"the submodule {name!r} ({type(where(model)).__name__}) was not called during "
                 "the forward pass"
             )
-        return out if batched else _add_axis(out)
+        return out if batched else add_axis(out)
 
     layer_one, head_one = split_at(intercept, name, attribute_to_inputs=attribute_to_inputs)
     if batched:
         return layer_one, head_one
-    return _over_batch(layer_one, "x"), _over_batch(head_one, "h")
+    return over_batch(layer_one, "x"), over_batch(head_one, "h")
 
 
 class _Recorder(eqx.Module):
@@ -168,44 +166,8 @@ def _name(model, where) -> str:
     raise ValueError(f"where selects a {type(node).__name__} that is not part of the model")
 
 
-def _add_axis(tree):
-    return jax.tree.map(lambda a: a[None], tree)
-
-
-def _drop_axis(tree):
-    return jax.tree.map(lambda a: a[0], tree)
-
-
 def _batch_of_one(inner: Callable) -> Callable:
     def call(*args, **kwargs):
-        return _add_axis(inner(*_drop_axis(args), **kwargs))
+        return add_axis(inner(*drop_axis(args), **kwargs))
 
     return call
-
-
-def _over_batch(one: Callable, argument: str) -> Callable:
-    """`one` (on batches of one example) mapped over the rows of a batch."""
-
-    def batched(value, **kwargs):
-        leaves = jax.tree.leaves(value)
-        if not leaves or any(np.ndim(a) == 0 for a in leaves):
-            raise ValueError(
-                f"{argument} must be an array (or pytree of arrays), each with a leading batch "
-                f"axis, got shapes {[np.shape(a) for a in leaves]}"
-            )
-        mapped = {k: v for k, v in kwargs.items() if _per_example(v)}
-        fixed = {k: v for k, v in kwargs.items() if k not in mapped}
-
-        def row(v, row_kwargs):
-            return _drop_axis(one(_add_axis(v), **row_kwargs, **fixed))
-
-        return jax.vmap(row)(value, mapped)
-
-    return batched
-
-
-def _per_example(value) -> bool:
-    leaves = jax.tree.leaves(value)
-    return bool(leaves) and all(
-        isinstance(a, jax.Array | np.ndarray) and np.ndim(a) > 0 for a in leaves
-    )

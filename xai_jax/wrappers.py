@@ -9,6 +9,12 @@ Wherever a wrapper takes a model it also takes a dm-haiku model, as `(hk.Transfo
 `(hk.TransformedWithState, params, state, rng)`, with or without `hk.without_apply_rng`
 (`xai_jax._haiku_forms` decides how each is called). A stateful model runs in inference mode:
 its state is read, never updated, and the new state `apply` returns is discarded.
+
+They take flax and equinox models too (`xai_jax._flax_forms`, `xai_jax._equinox_forms`): a
+linen `(nn.Module, variables)` pair, an `nnx.Module`, an equinox Module (it takes one example,
+as equinox models do, and is mapped over the batch) or `(equinox Module, state)`; all in
+inference mode. `IntegratedGradients(model, layer=...)` splits them at a layer by
+`xai_jax.flax.split` and `xai_jax.equinox.split`.
 """
 
 import json
@@ -24,7 +30,7 @@ import numpy as np
 from jax.tree_util import Partial
 from jax.typing import ArrayLike
 
-from xai_jax import _haiku_forms, _paths
+from xai_jax import _equinox_forms, _flax_forms, _haiku_forms, _paths
 from xai_jax._blackbox import call
 from xai_jax._checks import (
     as_float_array,
@@ -82,14 +88,27 @@ def _jsonable(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+_LIBRARY_FORMS = f"{_flax_forms.FORMS}, {_equinox_forms.FORMS}"
+
+
+def _is_library_model(value) -> bool:
+    """A haiku, flax or equinox model form (each module tells without importing its library)."""
+    return any(f.is_model(value) for f in (_haiku_forms, _flax_forms, _equinox_forms))
+
+
 def _as_function(value, name: str) -> Callable:
-    """A model argument as a callable: a haiku model form bound, a callable as it is."""
+    """A model argument as a callable: a haiku, flax or equinox model form bound, a callable as
+    it is."""
     if _haiku_forms.is_model(value):
         return _haiku_forms.bind(*_haiku_forms.as_model(value, name))
+    if _flax_forms.is_model(value):
+        return _flax_forms.bind(_flax_forms.as_model(value, name))
+    if _equinox_forms.is_model(value):
+        return _equinox_forms.bind(_equinox_forms.as_model(value, name))
     if not callable(value):
         raise TypeError(
-            f"{name} must be a JAX callable or a haiku model ({_haiku_forms.FORMS}), got "
-            f"{type(value).__name__}"
+            f"{name} must be a JAX callable or a haiku model ({_haiku_forms.FORMS}), or a flax "
+            f"or equinox model ({_LIBRARY_FORMS}), got {type(value).__name__}"
         )
     return value
 
@@ -101,9 +120,14 @@ class IntegratedGradients:
         model: a JAX callable mapping a batch to outputs, or a haiku model (the forms in the
             module docstring: `(hk.Transformed, params)`, `(hk.Transformed, params, rng)`,
             `(hk.TransformedWithState, params, state[, rng])`; the params, state and rng are
-            arguments of the compiled function, not constants baked into it).
+            arguments of the compiled function, not constants baked into it), or a flax or
+            equinox model: `(linen nn.Module, variables)`, an `nnx.Module`, an equinox Module
+            taking one example (mapped over the batch) or `(equinox Module, state)`.
         layer: None (attribute to the inputs), a haiku module name (with a haiku `model`, split
-            by `xai_jax.haiku.split`), or a `(layer_fn, head_fn)` pair with
+            by `xai_jax.haiku.split`), a linen scope path (`"Dense_1"`) or nnx attribute path
+            (`"layers.1"`, split by `xai_jax.flax.split`), a function selecting the submodule
+            of an nnx or equinox model (`lambda m: m.layers[1]`; `xai_jax.equinox.split` for
+            equinox), or a `(layer_fn, head_fn)` pair with
             `model(x) == head_fn(layer_fn(x))`, checked once against the model (at the first
             `explain` after the model is set: the pair's output on `X` must match the model's
             to within the square root of its dtype's resolution). Layer attributions are Captum's
@@ -135,7 +159,7 @@ class IntegratedGradients:
     def __init__(
         self,
         model,
-        layer: str | tuple | None = None,
+        layer: str | tuple | Callable | None = None,
         target_fn: Callable | None = None,
         method: str = "gausslegendre",
         n_steps: int | np.integer = 50,
@@ -152,9 +176,11 @@ class IntegratedGradients:
             raise TypeError(f"target_fn must be callable, got {type(target_fn).__name__}")
         self.target_fn = target_fn
         is_pair = isinstance(layer, tuple) and len(layer) == 2 and all(map(callable, layer))
-        if not (layer is None or isinstance(layer, str) or is_pair):
+        is_selector = callable(layer) and not isinstance(layer, tuple)
+        if not (layer is None or isinstance(layer, str) or is_pair or is_selector):
             raise TypeError(
-                "layer must be None, a haiku module name or a (layer_fn, head_fn) pair, "
+                "layer must be None, a haiku module name or a (layer_fn, head_fn) pair (or, "
+                "for a flax or equinox model, a path or a function selecting the submodule), "
                 f"got {layer!r}"
             )
         if isinstance(layer, str) and not layer:
@@ -164,16 +190,23 @@ class IntegratedGradients:
 
     def reset_predictor(self, model) -> None:
         """Use another model (same forms as the constructor's `model`)."""
+        self._haiku = self._flax = self._equinox = None
         if _haiku_forms.is_model(model):
             self._haiku = _haiku_forms.as_model(model, "model")
             self._model = _haiku_forms.bind(*self._haiku)
+        elif _flax_forms.is_model(model):
+            self._flax = _flax_forms.as_model(model, "model")
+            self._model = _flax_forms.bind(self._flax)
+        elif _equinox_forms.is_model(model):
+            self._equinox = _equinox_forms.as_model(model, "model")
+            self._model = _equinox_forms.bind(self._equinox)
         elif callable(model):
-            self._haiku = None
             self._model = model
         else:
             raise TypeError(
                 "model must be a JAX callable or a haiku model: an (hk.Transformed, params) "
-                f"pair, or {_haiku_forms.FORMS}; got {type(model).__name__}"
+                f"pair, or {_haiku_forms.FORMS}; or a flax or equinox model: {_LIBRARY_FORMS}; "
+                f"got {type(model).__name__}"
             )
         self._splits: dict[bool, tuple[Callable, Callable]] = {}
         self._pair_checked = False  # a (layer_fn, head_fn) pair, against this model
@@ -181,7 +214,18 @@ class IntegratedGradients:
             self._split(False)  # check the layer now, not at the first explain
 
     def _split(self, to_inputs: bool) -> tuple[Callable, Callable]:
+        if (
+            to_inputs not in self._splits
+            and (self._flax or self._equinox)
+            and not (isinstance(self.layer, tuple))
+        ):
+            self._splits[to_inputs] = self._library_split(to_inputs)
         if to_inputs not in self._splits:
+            if callable(self.layer) and not isinstance(self.layer, tuple):
+                raise TypeError(
+                    "layer is a function selecting a submodule, so model must be an nnx or "
+                    f"equinox model ({_LIBRARY_FORMS})"
+                )
             if isinstance(self.layer, str):
                 if self._haiku is None:
                     raise TypeError(
@@ -207,6 +251,30 @@ class IntegratedGradients:
                     )
                 self._splits[to_inputs] = self.layer
         return self._splits[to_inputs]
+
+    def _library_split(self, to_inputs: bool) -> tuple[Callable, Callable]:
+        """The pair of a flax or equinox model at `layer` (a path or a selector)."""
+        if self._flax is not None:
+            from xai_jax.flax import split  # flax is loaded: the model was made with it
+
+            module, variables = self._flax
+            if variables is None:  # nnx: a path or a selector
+                return split(module, self.layer, attribute_to_inputs=to_inputs)
+            if not isinstance(self.layer, str):
+                raise TypeError(
+                    "a linen model is split at a scope path (layer='Dense_1'), got "
+                    f"{type(self.layer).__name__}"
+                )
+            return split(module, variables, self.layer, attribute_to_inputs=to_inputs)
+        from xai_jax.equinox import split  # equinox is loaded: the model was made with it
+
+        if isinstance(self.layer, str):
+            raise TypeError(
+                "an equinox model is split at a function selecting the submodule, as in "
+                f"eqx.tree_at (layer=lambda m: m.layers[1]), got layer={self.layer!r}"
+            )
+        module, state = self._equinox
+        return split(module, self.layer, attribute_to_inputs=to_inputs, state=state)
 
     def _check_pair(self, x, kwargs: dict) -> None:
         """Raise unless the `(layer_fn, head_fn)` pair computes the model on `x` (done once)."""
@@ -268,7 +336,7 @@ class IntegratedGradients:
         checked = as_inputs(X, "X")  # checked before the model runs; integers promoted
         inputs = checked.x
         kwargs = dict(forward_kwargs or {})
-        if self.layer is not None and not isinstance(self.layer, str):
+        if isinstance(self.layer, tuple):
             self._split(to_inputs)  # a pair splits at its outputs only
             self._check_pair(inputs, as_forward_kwargs(forward_kwargs, checked.batch))
         predictions = None
@@ -472,7 +540,7 @@ class LimeBase:
                 stacklevel=2,
             )
             input_parameter_name = input_paramter_name
-        haiku = _haiku_forms.is_model(func)
+        haiku = _is_library_model(func)
         bound = _as_function(func, "func")
         if not isinstance(input_parameter_name, str):
             raise TypeError(f"input_parameter_name must be a str, got {input_parameter_name!r}")

@@ -1,6 +1,7 @@
 """The flax (linen, nnx) and equinox front ends of the layer split: the same network written in
-haiku, linen, nnx and equinox, with identical weights, gives the same layer attributions; grads
-through them, batch norm in inference mode, nnx.jit/eqx.filter_jit callers, and the errors."""
+haiku, linen, nnx and equinox, with identical weights, gives the same layer attributions, and
+the torch fixtures' twins give Captum's; grads through them, batch norm in inference mode,
+nnx.jit/eqx.filter_jit callers, the wrappers, and the errors."""
 
 import itertools
 import re
@@ -869,3 +870,162 @@ def test_wrapper_errors_for_flax_and_equinox_models():
     for (model, layer), error, match in cases:
         with pytest.raises(error, match=re.escape(match)):
             IntegratedGradients(model, layer=layer)
+
+
+# ---- Captum's numbers on the torch twin (tests/fixtures/make_captum_fixtures.py) -----------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+class LinenTwinMLP(nn.Module):  # Linear(6, 16), Tanh, Linear(16, 16), Tanh, Linear(16, 3)
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.tanh(nn.Dense(16)(x))
+        h = jnp.tanh(nn.Dense(16)(h))  # one line each: linen names modules as they are made
+        return nn.Dense(3)(h)
+
+
+class NnxTwinMLP(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.layers = nnx.List(
+            [nnx.Linear(i, o, rngs=rngs) for i, o in ((6, 16), (16, 16), (16, 3))]
+        )
+
+    def __call__(self, x):
+        h = jnp.tanh(self.layers[0](x))
+        return self.layers[2](jnp.tanh(self.layers[1](h)))
+
+
+class EqxTwinMLP(eqx.Module):
+    layers: tuple
+
+    def __call__(self, x):
+        h = jnp.tanh(self.layers[0](x))
+        return self.layers[2](jnp.tanh(self.layers[1](h)))
+
+
+class LinenTwinCNN(nn.Module):  # Conv2d(1, 4, 3), ReLU, Conv2d(4, 6, 3), ReLU, Flatten, Linear
+    @nn.compact
+    def __call__(self, x):  # NCHW, as the torch model; flax convolves NHWC
+        h = nn.relu(nn.Conv(4, (3, 3), padding="VALID")(jnp.transpose(x, (0, 2, 3, 1))))
+        h = nn.relu(nn.Conv(6, (3, 3), padding="VALID")(h))
+        return nn.Dense(3)(jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1))
+
+
+class NnxTwinCNN(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.conv_0 = nnx.Conv(1, 4, (3, 3), padding="VALID", rngs=rngs)
+        self.conv_1 = nnx.Conv(4, 6, (3, 3), padding="VALID", rngs=rngs)
+        self.dense = nnx.Linear(96, 3, rngs=rngs)
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.conv_0(jnp.transpose(x, (0, 2, 3, 1))))
+        h = jax.nn.relu(self.conv_1(h))
+        return self.dense(jnp.transpose(h, (0, 3, 1, 2)).reshape(h.shape[0], -1))
+
+
+class EqxTwinCNN(eqx.Module):
+    conv_0: eqx.nn.Conv2d
+    conv_1: eqx.nn.Conv2d
+    dense: eqx.nn.Linear
+
+    def __call__(self, x):  # one CHW example, torch's layout
+        h = jax.nn.relu(self.conv_1(jax.nn.relu(self.conv_0(x))))
+        return self.dense(h.reshape(-1))
+
+
+def _twin_pairs(name: str, d: dict) -> dict:
+    """The torch fixture model in linen, nnx and equinox, split at the first activation's
+    output (Captum's `model[1]`) as the next layer's inputs; flax's layer is NHWC."""
+    w = {k[2:]: jnp.asarray(v) for k, v in d.items() if k.startswith("w_")}
+    keys = jax.random.split(jax.random.key(0), 3)
+    if name == "mlp":
+        names = ("0", "2", "4")
+        linen_vars = {
+            "params": {
+                f"Dense_{i}": {"kernel": w[f"{n}_weight"].T, "bias": w[f"{n}_bias"]}
+                for i, n in enumerate(names)
+            }
+        }
+        nnx_model = NnxTwinMLP(nnx.Rngs(0))
+        for layer, n in zip(nnx_model.layers, names, strict=True):
+            layer.kernel[...], layer.bias[...] = w[f"{n}_weight"].T, w[f"{n}_bias"]
+        eqx_model = EqxTwinMLP(
+            tuple(
+                eqx.tree_at(
+                    lambda lin: (lin.weight, lin.bias),
+                    eqx.nn.Linear(*w[f"{n}_weight"].shape[::-1], key=k),
+                    (w[f"{n}_weight"], w[f"{n}_bias"]),
+                )
+                for n, k in zip(names, keys, strict=True)
+            )
+        )
+        return {
+            "linen": xai_jax.flax.split(
+                LinenTwinMLP(), linen_vars, "Dense_1", attribute_to_inputs=True
+            ),
+            "nnx": xai_jax.flax.split(nnx_model, "layers.1", attribute_to_inputs=True),
+            "equinox": xai_jax.equinox.split(
+                eqx_model, lambda m: m.layers[1], attribute_to_inputs=True
+            ),
+        }
+    hwio = {n: jnp.transpose(w[f"{n}_weight"], (2, 3, 1, 0)) for n in ("0", "2")}
+    linen_vars = {
+        "params": {
+            "Conv_0": {"kernel": hwio["0"], "bias": w["0_bias"]},
+            "Conv_1": {"kernel": hwio["2"], "bias": w["2_bias"]},
+            "Dense_0": {"kernel": w["5_weight"].T, "bias": w["5_bias"]},
+        }
+    }
+    nnx_model = NnxTwinCNN(nnx.Rngs(0))
+    nnx_model.conv_0.kernel[...], nnx_model.conv_0.bias[...] = hwio["0"], w["0_bias"]
+    nnx_model.conv_1.kernel[...], nnx_model.conv_1.bias[...] = hwio["2"], w["2_bias"]
+    nnx_model.dense.kernel[...], nnx_model.dense.bias[...] = w["5_weight"].T, w["5_bias"]
+    eqx_model = EqxTwinCNN(
+        eqx.nn.Conv2d(1, 4, 3, key=keys[0]),
+        eqx.nn.Conv2d(4, 6, 3, key=keys[1]),
+        eqx.nn.Linear(96, 3, key=keys[2]),
+    )
+    eqx_model = eqx.tree_at(
+        lambda m: (m.conv_0.weight, m.conv_0.bias, m.conv_1.weight, m.conv_1.bias,
+                   m.dense.weight, m.dense.bias),
+        eqx_model,
+        (w["0_weight"], w["0_bias"].reshape(-1, 1, 1), w["2_weight"],
+         w["2_bias"].reshape(-1, 1, 1), w["5_weight"], w["5_bias"]),
+    )  # fmt: skip
+    return {
+        "linen": xai_jax.flax.split(LinenTwinCNN(), linen_vars, "Conv_1", attribute_to_inputs=True),
+        "nnx": xai_jax.flax.split(nnx_model, "conv_1", attribute_to_inputs=True),
+        "equinox": xai_jax.equinox.split(eqx_model, lambda m: m.conv_1, attribute_to_inputs=True),
+    }
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_layer_methods_match_captum_on_the_torch_twin(name):
+    d = dict(np.load(FIXTURES / f"captum_{name}.npz"))
+    kw = dict(target=d["target"], n_steps=int(d["n_steps"]), method="gausslegendre")
+    neuron = tuple(int(i) for i in d["neuron"])
+
+    def close(ours, theirs, scale=None):  # relative to the attribution scale, as Captum's test
+        theirs = np.asarray(theirs)
+        scale = max(np.abs(theirs).max() if scale is None else scale, 1e-12)
+        np.testing.assert_allclose(np.asarray(ours), theirs, rtol=0, atol=1e-5 * scale)
+
+    for library, (layer_fn, head_fn) in _twin_pairs(name, d).items():
+        # flax's layer is NHWC: its attributions and the neuron index move to torch's NCHW
+        nhwc = name == "cnn" and library != "equinox"
+        to_torch = (lambda a: jnp.transpose(a, (0, 3, 1, 2))) if nhwc else (lambda a: a)
+        index = (neuron[1], neuron[2], neuron[0]) if nhwc else neuron
+        try:
+            close(jax.jit(head_fn)(layer_fn(d["x"])), d["logits"])
+            for method, key in ((layer_integrated_gradients, "lig"), (layer_conductance, "lc")):
+                attr, delta = method(
+                    layer_fn, head_fn, d["x"], d["baselines"], return_convergence_delta=True, **kw
+                )
+                close(to_torch(attr), d[f"{key}_gausslegendre"])
+                sums = np.abs(np.asarray(attr).reshape(len(attr), -1).sum(1)).max()
+                close(delta, d[f"{key}_gausslegendre_delta"], sums)
+            attr = neuron_conductance(layer_fn, head_fn, d["x"], index, d["baselines"], **kw)
+            close(attr, d["nc_gausslegendre"])
+        except AssertionError as error:
+            raise AssertionError(library) from error

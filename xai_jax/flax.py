@@ -252,8 +252,9 @@ def _nnx_target(model, where) -> tuple[list[tuple], str]:
     paths = _paths_to(model, node)
     if not paths:
         raise ValueError(
-            f"path selects a {type(node).__name__} that is not part of the model; its "
-            f"submodules: {_submodule_names(model)}"
+            f"path selects a {type(node).__name__} that is not part of the model (held by one of "
+            "its modules as an attribute, an nnx.List or nnx.Dict item); its submodules: "
+            f"{_submodule_names(model)}"
         )
     return paths, where if isinstance(where, str) else _dotted(paths[0])
 
@@ -271,7 +272,7 @@ def _child(node, part: str):
 def _children(node):
     try:
         return list(nnx.iter_children(node))
-    except Exception:  # not a graph node: a leaf
+    except ValueError:  # not a graph node (a Variable, an array, a static value)
         return []
 
 

@@ -28,6 +28,8 @@ from xai_jax import (
     elastic_net_fista,
     expected_gradients,
     exponential_kernel,
+    feature_ablation,
+    feature_permutation,
     gaussian_perturbation,
     integrated_gradients,
     kernel_shap,
@@ -36,9 +38,12 @@ from xai_jax import (
     lime,
     neuron_conductance,
     numerical_gradient,
+    occlusion,
     pairwise_distances,
     quadrature,
     shapley_kernel,
+    shapley_value_sampling,
+    shapley_values,
     smoothgrad,
     urv_gradient,
     weighted_ridge,
@@ -108,6 +113,12 @@ _CENTRE = _normal(6)
 def _distance(v):  # a loss for contrastive_explanation
     return jnp.sum((v - _CENTRE) ** 2)
 
+
+def _image_model(x):  # [N, 1, 5, 5] -> [N, 3]: a perturbation method's image black box
+    return jnp.tanh(x.reshape(x.shape[0], 25)[:, :6] @ _W) * jnp.mean(x, axis=(1, 2, 3))[:, None]
+
+
+_GROUPS = np.array([0, 0, 3, 3, 1, 5])  # a feature mask with gaps (allowed, as Captum)
 
 _SGD = optax.sgd(0.05)  # one optimizer object, reused across calls as a user would
 
@@ -217,6 +228,31 @@ CASES = [
     Case("kernel_shap", kernel_shap,
          lambda k, x, bg: kernel_shap(k, _mlp, x, bg, num_samples=32, target=_T, batch_size=2),
          (_normal(3, 6), _normal(4, 6)), random=True),
+    Case("feature_ablation", feature_ablation,
+         lambda k, x, b: feature_ablation(_mlp, x, b, target=_T, feature_mask=_GROUPS,
+                                          batch_size=5),
+         (_normal(3, 6), _normal(3, 6))),
+    Case("feature_ablation[pytree, forward_kwargs]", feature_ablation,
+         lambda k, a, b, s: feature_ablation(_two_inputs, {"a": a, "b": b}, 0.5, target=_T,
+                                             forward_kwargs={"scale": s}),
+         (_normal(3, 4), _normal(3, 2, 3), _normal(3, 1))),
+    Case("feature_ablation[numpy black box]", feature_ablation,
+         lambda k, x: feature_ablation(_numpy_mlp, x, target=_T, batch_size=4), (_normal(3, 6),),
+         grad_arg=None),
+    Case("occlusion", occlusion,
+         lambda k, x: occlusion(_image_model, x, sliding_window_shapes=(1, 3, 3),
+                                strides=(1, 2, 2), baselines=0.2, target=_T, batch_size=7),
+         (_normal(3, 1, 5, 5),)),
+    Case("shapley_values", shapley_values,
+         lambda k, x, bg: shapley_values(_mlp, x, bg, target=_T, feature_mask=_GROUPS),
+         (_normal(3, 6), _normal(4, 6))),
+    Case("shapley_value_sampling", shapley_value_sampling,
+         lambda k, x: shapley_value_sampling(k, _mlp, x, target=_T, n_samples=5, antithetic=True,
+                                             batch_size=16),
+         (_normal(3, 6),), random=True),
+    Case("feature_permutation", feature_permutation,
+         lambda k, x: feature_permutation(k, _mlp, x, target=1, feature_mask=_GROUPS),
+         (_normal(5, 6),), random=True),
     Case("aoexpgrad", aoexpgrad,
          lambda k, x: _optimise(aoexpgrad(0.1, 0.5, lower=-2.0, upper=2.0), x), (_normal(6),)),
     Case("elastic_net_fista", elastic_net_fista,

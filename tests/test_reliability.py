@@ -41,6 +41,8 @@ from xai_jax import (
     elastic_net_fista,
     expected_gradients,
     exponential_kernel,
+    feature_ablation,
+    feature_permutation,
     gaussian_perturbation,
     integrated_gradients,
     kernel_shap,
@@ -49,9 +51,12 @@ from xai_jax import (
     lime,
     neuron_conductance,
     numerical_gradient,
+    occlusion,
     pairwise_distances,
     quadrature,
     shapley_kernel,
+    shapley_value_sampling,
+    shapley_values,
     smoothgrad,
     urv_gradient,
     weighted_ridge,
@@ -161,6 +166,11 @@ _lime = lambda x=X, **kw: lime(K, _model, x, **{"num_samples": 16, "target": T, 
 _shap = lambda x=X, bg=BG, **kw: kernel_shap(
     K, _model, x, bg, **{"num_samples": 8, "target": T, **kw}
 )
+_occ = lambda x=X, **kw: occlusion(_model, x, **{"sliding_window_shapes": (2,), "target": T, **kw})
+_abl = lambda x=X, **kw: feature_ablation(_model, x, **{"target": T, **kw})
+_sv = lambda x=X, **kw: shapley_values(_model, x, **{"target": T, **kw})
+_svs = lambda x=X, **kw: shapley_value_sampling(K, _model, x, **{"target": T, "n_samples": 2, **kw})
+_perm = lambda x=X, **kw: feature_permutation(K, _model, x, **{"target": T, **kw})
 _X0 = np.zeros(4, np.float32)
 _ce = lambda x0=_X0, **kw: contrastive_explanation(
     K, _point_loss, x0, **{"optimizer": optax.sgd(0.1), "num_iter": 4, "save_freq": 2, **kw}
@@ -279,6 +289,32 @@ BAD = [
     Bad("kernel_shap", "shape", lambda: _shap(bg=_normal(5, 3)), ValueError, r"background must have the 4 features of x"),
     Bad("kernel_shap", "empty", lambda: _shap(bg=np.ones((0, 4), np.float32)), ValueError, r"background"),
     Bad("kernel_shap", "target", lambda: _shap(target=-1), ValueError, r"target out of range"),
+    # perturbation attributions
+    Bad("occlusion", "shape", lambda: _occ(sliding_window_shapes=(5,)), ValueError, r"sliding_window_shapes \(5,\) exceeds the input's non-batch shape \(4,\)"),
+    Bad("occlusion", "value", lambda: _occ(strides=0), ValueError, r"strides must be >= 1 along every axis, got \(0,\)"),
+    Bad("occlusion", "value", lambda: _occ(strides=(-1,)), ValueError, r"strides must be >= 1"),
+    Bad("occlusion", "value", lambda: _occ(strides=3), ValueError, r"strides \(3,\) must not exceed sliding_window_shapes \(2,\)"),
+    Bad("occlusion", "rank", lambda: _occ(sliding_window_shapes=(1, 2)), ValueError, r"sliding_window_shapes must have one entry per non-batch axis"),
+    Bad("occlusion", "value", lambda: _occ(sliding_window_shapes=(0,)), ValueError, r"sliding_window_shapes must be >= 1"),
+    Bad("occlusion", "shape", lambda: _occ(baselines=_normal(2, 4)), ValueError, r"baselines must be a scalar or of shape"),
+    Bad("occlusion", "target", lambda: _occ(target=3), ValueError, r"target out of range"),
+    Bad("feature_ablation", "shape", lambda: _abl(feature_mask=np.zeros(3, int)), ValueError, r"feature_mask of shape \(3,\) does not broadcast to the input of shape \(3, 4\)"),
+    Bad("feature_ablation", "value", lambda: _abl(feature_mask=np.array([0, -1, 1, 1])), ValueError, r"feature_mask ids must be >= 0, got -1"),
+    Bad("feature_ablation", "type", lambda: _abl(feature_mask=np.array([0.0, 1.0, 1.0, 2.0])), TypeError, r"feature_mask must hold integer feature ids, got dtype float"),
+    Bad("feature_ablation", "shape", lambda: _abl(baselines=_normal(2, 4)), ValueError, r"baselines must be a scalar or of shape"),
+    Bad("feature_ablation", "empty", lambda: _abl(np.ones((0, 4), np.float32)), ValueError, r"x has an empty batch"),
+    Bad("feature_ablation", "value", lambda: _abl(batch_size=0), ValueError, r"batch_size must be >= 1"),
+    Bad("shapley_values", "value", lambda: shapley_values(lambda z: z.sum(1), np.ones((2, 17), np.float32)), ValueError, r"at most MAX_EXACT_FEATURES=16 feature groups, got d=17"),
+    Bad("shapley_values", "shape", lambda: _sv(feature_mask=np.zeros((2, 4), int)), ValueError, r"feature_mask of shape \(2, 4\) does not broadcast"),
+    Bad("shapley_values", "shape", lambda: _sv(baselines=_normal(5, 3)), ValueError, r"baselines must be rows shaped like x.s .* got \(5, 3\) for x.s \(3, 4\)"),
+    Bad("shapley_values", "target", lambda: _sv(target=np.array([0, 1, 3])), ValueError, r"target out of range .* rows \[2\]"),
+    Bad("shapley_value_sampling", "value", lambda: _svs(n_samples=0), ValueError, r"n_samples must be >= 1"),
+    Bad("shapley_value_sampling", "type", lambda: _svs(antithetic="yes"), TypeError, r"antithetic must be a bool"),
+    Bad("shapley_value_sampling", "value", lambda: _svs(feature_mask=np.array([0, 1, 1, -2])), ValueError, r"feature_mask ids must be >= 0"),
+    Bad("shapley_value_sampling", "type", lambda: shapley_value_sampling(0, _model, X, target=T), TypeError, r"key must be a PRNG key"),
+    Bad("feature_permutation", "value", lambda: _perm(X[:1], target=T[:1]), ValueError, r"x must have at least 2 examples to permute across, got 1"),
+    Bad("feature_permutation", "shape", lambda: _perm(feature_mask=np.arange(12).reshape(3, 4)), ValueError, r"feature_mask must be one mask for every example"),
+    Bad("feature_permutation", "type", lambda: _perm(feature_mask=np.ones(4, bool)), TypeError, r"feature_mask must hold integer feature ids"),
     # contrastive explanations and optimizers
     Bad("cem_loss", "name", lambda: cem_loss("PQ", _model, X[0]), ValueError, r"mode='PQ' is not one of \('PN', 'PP'\)"),
     Bad("cem_loss", "shape", lambda: cem_loss("PN", _ONE_CLASS, X[0]), ValueError, r"predict_fn must be a classifier returning \[batch, classes >= 2\]"),

@@ -24,6 +24,13 @@ from xai_jax.kernel_shap import kernel_shap
 from xai_jax.kernels import exponential_kernel, shapley_kernel
 from xai_jax.lime import LimeResult, lime
 from xai_jax.optimizers import aoexpgrad, elastic_net_fista
+from xai_jax.perturbation_attribution import (
+    feature_ablation,
+    feature_permutation,
+    occlusion,
+    shapley_value_sampling,
+    shapley_values,
+)
 from xai_jax.perturbations import bernoulli_perturbation, gaussian_perturbation
 from xai_jax.quadrature import quadrature
 from xai_jax.surrogates import RidgeFit, weighted_ridge
@@ -44,6 +51,8 @@ __all__ = [
     "elastic_net_fista",
     "expected_gradients",
     "exponential_kernel",
+    "feature_ablation",
+    "feature_permutation",
     "gaussian_perturbation",
     "integrated_gradients",
     "kernel_shap",
@@ -52,9 +61,12 @@ __all__ = [
     "lime",
     "neuron_conductance",
     "numerical_gradient",
+    "occlusion",
     "pairwise_distances",
     "quadrature",
     "shapley_kernel",
+    "shapley_value_sampling",
+    "shapley_values",
     "smoothgrad",
     "urv_gradient",
     "weighted_ridge",

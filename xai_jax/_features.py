@@ -1,8 +1,11 @@
 """Feature groups: integer label maps that switch features on and off together.
 
-lime's image segments (superpixels) are parsed here; the feature masks of the ablation and
-Shapley methods to come take the same form (Captum's `feature_mask`) and the same parser.
+lime's image segments (superpixels) are parsed by `check_segments`; the feature masks of the
+ablation, permutation and Shapley methods (Captum's `feature_mask`: ids broadcastable to the
+input, per example or shared, gaps allowed) by `as_feature_mask`.
 """
+
+import math
 
 import jax.numpy as jnp
 import numpy as np
@@ -36,3 +39,49 @@ def check_segments(segments, num_segments, x):
     elif num_segments is None:
         raise ValueError("num_segments is required when segments is traced (under jit)")
     return segments, check_positive_int("num_segments", num_segments)
+
+
+def as_feature_mask(feature_mask, x, name: str = "feature_mask", *, shared: bool = False):
+    """`(labels, num_groups)`: Captum's `feature_mask` for one input leaf `x` `[batch, ...]`.
+
+    An integer array broadcastable to `x` (one mask for every example, or one per example with
+    the batch as leading axis); None makes every scalar of an example its own feature. The ids
+    need not be contiguous (Captum allows gaps): they are relabelled `0..num_groups-1` in
+    increasing order. `labels` is `[1 or batch, *x.shape[1:]]` int32 (`shared` requires one
+    mask for every example). The mask sets the number of model rows, so it must be concrete.
+    """
+    inner = x.shape[1:]
+    if feature_mask is None:
+        size = math.prod(inner)
+        return jnp.arange(size, dtype=jnp.int32).reshape(1, *inner), size
+    if not is_concrete(feature_mask):
+        raise ValueError(
+            f"{name} must be concrete (not traced under jit/vmap): it sets how many model rows "
+            "are evaluated; close over it instead of passing it as a traced argument"
+        )
+    mask = np.asarray(feature_mask)
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer feature ids, got dtype {mask.dtype}")
+    try:
+        fits = np.broadcast_shapes(mask.shape, x.shape) == tuple(x.shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name} of shape {mask.shape} does not broadcast to the input of shape {x.shape} "
+            f"(one mask {inner} or [1, ...] for every example, or [{x.shape[0]}, ...] per example)"
+        )
+    if mask.size == 0:
+        raise ValueError(f"{name} is empty")
+    if mask.min() < 0:
+        raise ValueError(f"{name} ids must be >= 0, got {mask.min()}")
+    mask = mask.reshape((1,) * (x.ndim - mask.ndim) + mask.shape)
+    per_example = mask.shape[0] != 1
+    if per_example and shared:
+        raise ValueError(
+            f"{name} must be one mask for every example (leading axis 1 or none), got shape "
+            f"{mask.shape}: the groups are permuted across the batch"
+        )
+    mask = np.broadcast_to(mask, (mask.shape[0], *inner))
+    ids, labels = np.unique(mask, return_inverse=True)
+    return jnp.asarray(labels.reshape(mask.shape).astype(np.int32)), int(ids.size)

@@ -31,6 +31,7 @@ BENCHMARKS = {
     "lime": "benchmarks.bench_lime:bench_lime",
     "kernel_shap": "benchmarks.bench_lime:bench_kernel_shap",
     "cem": "benchmarks.bench_cem:bench_cem",
+    "perturbation": "benchmarks.bench_perturbation:bench_perturbation",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 TARGET_LABELS = {"ratio_median": "{:g}x", "matmul_fraction": "{:.0%} of matmul"}

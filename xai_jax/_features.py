@@ -47,13 +47,14 @@ def as_feature_mask(feature_mask, x, name: str = "feature_mask", *, shared: bool
     An integer array broadcastable to `x` (one mask for every example, or one per example with
     the batch as leading axis); None makes every scalar of an example its own feature. The ids
     need not be contiguous (Captum allows gaps): they are relabelled `0..num_groups-1` in
-    increasing order. `labels` is `[1 or batch, *x.shape[1:]]` int32 (`shared` requires one
-    mask for every example). The mask sets the number of model rows, so it must be concrete.
+    increasing order. `labels` is a NumPy `[1 or batch, *x.shape[1:]]` int32 array (`shared`
+    requires one mask for every example). The mask sets the number of model rows, so it must
+    be concrete.
     """
     inner = x.shape[1:]
     if feature_mask is None:
         size = math.prod(inner)
-        return jnp.arange(size, dtype=jnp.int32).reshape(1, *inner), size
+        return np.arange(size, dtype=np.int32).reshape(1, *inner), size
     if not is_concrete(feature_mask):
         raise ValueError(
             f"{name} must be concrete (not traced under jit/vmap): it sets how many model rows "
@@ -84,4 +85,4 @@ def as_feature_mask(feature_mask, x, name: str = "feature_mask", *, shared: bool
         )
     mask = np.broadcast_to(mask, (mask.shape[0], *inner))
     ids, labels = np.unique(mask, return_inverse=True)
-    return jnp.asarray(labels.reshape(mask.shape).astype(np.int32)), int(ids.size)
+    return labels.reshape(mask.shape).astype(np.int32), int(ids.size)

@@ -16,6 +16,7 @@ sampling) or a window (occlusion). Only the row indices travel; the perturbed in
 chunk at a time.
 """
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -141,16 +142,64 @@ def _rows_chunk(config: _Config, r: jax.Array) -> jax.Array:
 
 
 def _values(config: _Config, batch: int, batch_size: int | None) -> jax.Array:
-    """`[batch, num_codes]` target outputs, averaged over the background rows."""
+    """`[batch * num_codes * num_base]` target outputs, one per model row."""
     num_rows = batch * config.num_codes * config.num_base
     if batch_size is None:
         per_row = sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(config.x))
         chunk = max(1, min(num_rows, _ELEMENTS_PER_CALL // max(per_row, 1)))
     else:
         chunk = check_positive_int("batch_size", batch_size)
-    rows = jnp.arange(num_rows, dtype=jnp.int32)
-    v = _chunks.map_rows(_rows_chunk, config, rows, num_rows, chunk)
-    return v.reshape(batch, config.num_codes, config.num_base).mean(axis=2)
+    rows = np.arange(num_rows, dtype=np.int32)
+    return _chunks.map_rows(_rows_chunk, config, rows, num_rows, chunk)
+
+
+def _finish(config: _Config, operands):
+    """The attributions from the row outputs (one compiled call): `(v, valid) -> attr`."""
+    v, valid = operands
+    batch = jax.tree.leaves(config.x)[0].shape[0]
+    v = v.reshape(batch, config.num_codes, config.num_base).mean(axis=2)
+    g = config.num_groups
+    if config.kind == "groups":
+        attr = _spread(v[:, g:] - v[:, :g], config)
+    elif config.kind == "coalitions":
+        with_, without, weight = _coalition_tables(g, v.dtype)
+        attr = _spread(jnp.sum((v[:, with_] - v[:, without]) * weight[None], axis=2), config)
+    elif config.kind == "orders":
+        ranks, n = config.extra, config.num_samples
+        inner = v[:, 2:].reshape(batch, n, g - 1)
+        ends = [jnp.broadcast_to(v[:, i, None, None], (batch, n, 1)) for i in (0, 1)]
+        path = jnp.concatenate([ends[0], inner, ends[1]], axis=2)  # [b, s, d + 1] per order
+        gain = jnp.take_along_axis(path, ranks + 1, axis=2)
+        gain = gain - jnp.take_along_axis(path, ranks, axis=2)
+        attr = _spread(gain.mean(axis=1), config)
+    else:
+        attr = _occlusion_finish(config, v)
+    return mark_invalid(attr, valid)
+
+
+def _occlusion_finish(config: _Config, v: jax.Array):
+    """Each element's mean drop over the windows covering it (the windows are separable: one
+    1-D cover matrix per axis, contracted in turn)."""
+    total_windows = config.num_codes - 1
+    delta = v[:, total_windows:] - v[:, :total_windows]
+    leaves = jax.tree.leaves(config.x)
+    out = []
+    for leaf, w in zip(leaves, config.windows, strict=True):
+        total = delta[:, w.offset : w.offset + math.prod(w.counts)].reshape(-1, *w.counts)
+        count = np.ones(())
+        for axis, (k, n) in enumerate(zip(w.counts, leaf.shape[1:], strict=True)):
+            start = np.arange(k)[:, None] * w.strides[axis]
+            pos = np.arange(n)[None]
+            cover = ((pos >= start) & (pos < start + w.window[axis])).astype(leaf.dtype)
+            total = jnp.tensordot(total, cover, axes=([1], [0]), precision="highest")
+            count = np.multiply.outer(count, cover.sum(axis=0))
+        out.append(total / jnp.asarray(count[None], leaf.dtype))
+    return jax.tree.unflatten(jax.tree.structure(config.x), out)
+
+
+def _attributions(config: _Config, t, batch: int, batch_size: int | None):
+    v = _values(config, batch, batch_size)
+    return _chunks.call(_finish, config, (v, t.valid))
 
 
 def _spread(phi: jax.Array, config: _Config):
@@ -214,7 +263,7 @@ def _groups(feature_mask, x, *, shared: bool = False):
     labels, offset = [], 0
     for leaf, mask in zip(leaves, masks, strict=True):
         lab, count = as_feature_mask(mask, leaf, shared=shared)
-        labels.append(lab + offset)
+        labels.append(lab + np.int32(offset))
         offset += count
     return jax.tree.unflatten(treedef, labels), offset
 
@@ -287,10 +336,10 @@ def feature_ablation(
     inputs, kwargs, model, t = _setup(fn, x, target, forward_kwargs, 1024, batch_size)
     labels, g = _groups(feature_mask, inputs.x)
     base, _, _ = _references(baselines, inputs.x, inputs.batch, False)
-    config = _config(model, "groups", inputs.x, base, "example", 1, g + 1, labels, kwargs, t)
-    v = _values(config, inputs.batch, batch_size)
-    attr = _spread(v[:, g:] - v[:, :g], config)
-    return mark_invalid(attr, t.valid)
+    config = _config(
+        model, "groups", inputs.x, base, "example", 1, g + 1, labels, kwargs, t, num_groups=g
+    )
+    return _attributions(config, t, inputs.batch, batch_size)
 
 
 def _as_shape(name: str, value, ndim: int, leaf_shape) -> tuple:
@@ -394,23 +443,10 @@ def occlusion(
         model, "windows", inputs.x, base, "example", 1, offset + 1, None, kwargs, t,
         windows=tuple(windows),
     )  # fmt: skip
-    v = _values(config, inputs.batch, batch_size)
-    delta = v[:, offset:] - v[:, :offset]
-    out = []
-    for leaf, w in zip(leaves, windows, strict=True):
-        total = delta[:, w.offset : w.offset + math.prod(w.counts)].reshape(-1, *w.counts)
-        count = np.ones(())
-        for axis, (k, n) in enumerate(zip(w.counts, leaf.shape[1:], strict=True)):
-            start = np.arange(k)[:, None] * w.strides[axis]
-            pos = np.arange(n)[None]
-            cover = ((pos >= start) & (pos < start + w.window[axis])).astype(leaf.dtype)
-            total = jnp.tensordot(total, cover, axes=([1], [0]), precision="highest")
-            count = np.multiply.outer(count, cover.sum(axis=0))
-        out.append(total / jnp.asarray(count[None], leaf.dtype))
-    attr = jax.tree.unflatten(jax.tree.structure(inputs.x), out)
-    return mark_invalid(attr, t.valid)
+    return _attributions(config, t, inputs.batch, batch_size)
 
 
+@functools.cache
 def _coalition_tables(d: int, dtype):
     """`(with_j, without_j, weight)`: `[d, 2**(d-1)]` coalition pairs and Shapley weights."""
     coalitions = np.arange(2**d)
@@ -482,10 +518,7 @@ def shapley_values(
     config = _config(
         model, "coalitions", inputs.x, base, mode, nb, 2**d, labels, {}, t, num_groups=d
     )
-    v = _values(config, inputs.batch, batch_size)
-    with_, without, weight = _coalition_tables(d, v.dtype)
-    phi = jnp.sum((v[:, with_] - v[:, without]) * weight[None], axis=2)
-    return mark_invalid(_spread(phi, config), t.valid)
+    return _attributions(config, t, inputs.batch, batch_size)
 
 
 def shapley_value_sampling(
@@ -557,13 +590,7 @@ def shapley_value_sampling(
         model, "orders", inputs.x, base, mode, nb, 2 + n_samples * (d - 1), labels, {}, t,
         extra=ranks, num_samples=n_samples, num_groups=d,
     )  # fmt: skip
-    v = _values(config, inputs.batch, batch_size)
-    b = inputs.batch
-    inner = v[:, 2:].reshape(b, n_samples, d - 1)
-    ends = [jnp.broadcast_to(v[:, i, None, None], (b, n_samples, 1)) for i in (0, 1)]
-    path = jnp.concatenate([ends[0], inner, ends[1]], axis=2)  # [b, s, d + 1] along each order
-    gain = jnp.take_along_axis(path, ranks + 1, axis=2) - jnp.take_along_axis(path, ranks, axis=2)
-    return mark_invalid(_spread(gain.mean(axis=1), config), t.valid)
+    return _attributions(config, t, inputs.batch, batch_size)
 
 
 def feature_permutation(
@@ -626,5 +653,4 @@ def feature_permutation(
         model, "groups", inputs.x, inputs.x, "permuted", 1, g + 1, labels, {}, t,
         extra=perms, num_groups=g,
     )  # fmt: skip
-    v = _values(config, b, batch_size)
-    return mark_invalid(_spread(v[:, g:] - v[:, :g], config), t.valid)
+    return _attributions(config, t, b, batch_size)

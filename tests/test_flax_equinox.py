@@ -746,33 +746,6 @@ def test_equinox_batched_model_and_keyword_arguments():
     _close(jax.jit(lambda z, s: head_fn(z, scale=s, shift=1.0))(h, scale), want, atol=1e-6)
 
 
-# ---- the README's examples -------------------------------------------------------------------
-
-README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def test_readme_model_libraries_examples_run():
-    """The "Model libraries" section's ```py blocks run and agree across the libraries.
-
-    They are fenced `py`, not `python`, because tests/test_readme.py asserts the exact list of
-    sections with `python` blocks; they are run here instead.
-    """
-    section = re.split(r"^## ", README.read_text(), flags=re.MULTILINE)
-    (section,) = [s for s in section if s.startswith("Model libraries")]
-    blocks = re.findall(r"```py\n(.*?)```", section, flags=re.DOTALL)
-    assert len(blocks) == 3
-    namespaces = []
-    for block in blocks:
-        namespace = {}
-        with jax.numpy_rank_promotion("allow"):
-            exec(compile(block, str(README), "exec"), namespace)
-        namespaces.append(namespace)
-    for namespace in namespaces:
-        attr, delta = namespace["attr"], namespace["delta"]
-        assert attr.shape == (8, 16)
-        assert float(jnp.max(jnp.abs(delta))) < 1e-3  # completeness of layer IG
-
-
 # ---- the wrappers take flax and equinox models ---------------------------------------------
 
 

@@ -30,6 +30,9 @@ def test_readme_examples_run():
     assert list(namespaces) == [
         "Quickstart/0",
         "Inside `jit`, `vmap` and `grad`/0",
+        "Model libraries/0",
+        "Model libraries/1",
+        "Model libraries/2",
         "Multi-device use/0",
     ]
 
@@ -44,6 +47,11 @@ def test_readme_examples_run():
     coef = quick["surrogate"].coef
     assert coef.shape == (8, 4)
     assert np.corrcoef(np.ravel(coef), np.ravel(grad))[0, 1] > 0.7
+
+    for i in range(3):  # flax linen, flax nnx, equinox: layer IG complete on a layer of 16
+        libraries = namespaces[f"Model libraries/{i}"]
+        assert libraries["attr"].shape == (8, 16)
+        assert float(jnp.max(jnp.abs(libraries["delta"]))) < 1e-3
 
     grads = namespaces["Inside `jit`, `vmap` and `grad`/0"]["grads"]
     assert all(np.isfinite(g).all() and np.abs(g).max() > 0 for g in jax.tree.leaves(grads))

@@ -14,11 +14,12 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
 
-def test_the_three_notebooks_exist():
+def test_the_notebooks_exist():
     assert [p.name for p in NOTEBOOKS] == [
         "01_quickstart.ipynb",
         "02_attribution_prior.ipynb",
         "03_benchmarks.ipynb",
+        "04_model_libraries.ipynb",
     ]
 
 

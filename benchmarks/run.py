@@ -32,6 +32,7 @@ BENCHMARKS = {
     "kernel_shap": "benchmarks.bench_lime:bench_kernel_shap",
     "cem": "benchmarks.bench_cem:bench_cem",
     "perturbation": "benchmarks.bench_perturbation:bench_perturbation",
+    "front_ends": "benchmarks.bench_front_ends:bench_front_ends",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 TARGET_LABELS = {"ratio_median": "{:g}x", "matmul_fraction": "{:.0%} of matmul"}

@@ -18,7 +18,7 @@ import pytest
 
 # run by hand with the bench extra (torch, captum, lime, shap); `make test` only reads the
 # .npz files they wrote
-collect_ignore = ["fixtures/make_captum_fixtures.py", "fixtures/make_lime_fixtures.py"]
+collect_ignore_glob = ["fixtures/make_*.py"]
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")

@@ -66,12 +66,12 @@ class _Config(NamedTuple):
     num_base: int
     num_codes: int
     labels: Any  # pytree [1 or batch, ...] int32 global group ids (None for windows)
-    windows: Any  # tuple of _Window per leaf (windows only)
-    extra: Any  # [batch, n_samples, d] ranks (orders), [groups, batch] permutation, or None
     kwargs: dict
     index: Any  # [batch] target index or None
-    num_samples: int
-    num_groups: int
+    windows: Any = None  # tuple of _Window per leaf (windows only)
+    extra: Any = None  # [batch, n_samples, d] ranks (orders), [groups, batch] permutation
+    num_samples: int = 1
+    num_groups: int = 0
 
 
 def _keep(config: _Config, i, code):
@@ -277,14 +277,6 @@ def _setup(fn, x, target, forward_kwargs, rows_per_example: int, batch_size):
     return inputs, kwargs, model, t
 
 
-def _config(model, kind, x, base, mode, num_base, num_codes, labels, kwargs, t, **kw):
-    defaults = {"windows": None, "extra": None, "num_samples": 1, "num_groups": 0}
-    return _Config(
-        model, kind, x, base, mode, num_base, num_codes, labels, kwargs=kwargs, index=t.index,
-        **{**defaults, **kw},
-    )  # fmt: skip
-
-
 def feature_ablation(
     fn: Callable,
     x: PyTree[ArrayLike],
@@ -336,8 +328,8 @@ def feature_ablation(
     inputs, kwargs, model, t = _setup(fn, x, target, forward_kwargs, 1024, batch_size)
     labels, g = _groups(feature_mask, inputs.x)
     base, _, _ = _references(baselines, inputs.x, inputs.batch, False)
-    config = _config(
-        model, "groups", inputs.x, base, "example", 1, g + 1, labels, kwargs, t, num_groups=g
+    config = _Config(
+        model, "groups", inputs.x, base, "example", 1, g + 1, labels, kwargs, t.index, num_groups=g
     )
     return _attributions(config, t, inputs.batch, batch_size)
 
@@ -439,8 +431,8 @@ def occlusion(
         windows.append(_Window(offset, counts, window, stride))
         offset += math.prod(counts)
     base, _, _ = _references(baselines, inputs.x, inputs.batch, False)
-    config = _config(
-        model, "windows", inputs.x, base, "example", 1, offset + 1, None, kwargs, t,
+    config = _Config(
+        model, "windows", inputs.x, base, "example", 1, offset + 1, None, kwargs, t.index,
         windows=tuple(windows),
     )  # fmt: skip
     return _attributions(config, t, inputs.batch, batch_size)
@@ -515,8 +507,8 @@ def shapley_values(
             "with feature_mask or use shapley_value_sampling"
         )
     base, mode, nb = _references(baselines, inputs.x, inputs.batch, True)
-    config = _config(
-        model, "coalitions", inputs.x, base, mode, nb, 2**d, labels, {}, t, num_groups=d
+    config = _Config(
+        model, "coalitions", inputs.x, base, mode, nb, 2**d, labels, {}, t.index, num_groups=d
     )
     return _attributions(config, t, inputs.batch, batch_size)
 
@@ -586,8 +578,8 @@ def shapley_value_sampling(
         return jnp.concatenate([ranks, d - 1 - ranks[:pairs]]) if pairs else ranks
 
     ranks = jax.vmap(orders)(keys)
-    config = _config(
-        model, "orders", inputs.x, base, mode, nb, 2 + n_samples * (d - 1), labels, {}, t,
+    config = _Config(
+        model, "orders", inputs.x, base, mode, nb, 2 + n_samples * (d - 1), labels, {}, t.index,
         extra=ranks, num_samples=n_samples, num_groups=d,
     )  # fmt: skip
     return _attributions(config, t, inputs.batch, batch_size)
@@ -649,8 +641,8 @@ def feature_permutation(
         return jnp.where(jnp.all(perm == identity), jnp.roll(identity, 1), perm)
 
     perms = jax.vmap(draw)(jax.random.split(key, g))
-    config = _config(
-        model, "groups", inputs.x, inputs.x, "permuted", 1, g + 1, labels, {}, t,
+    config = _Config(
+        model, "groups", inputs.x, inputs.x, "permuted", 1, g + 1, labels, {}, t.index,
         extra=perms, num_groups=g,
     )  # fmt: skip
     return _attributions(config, t, b, batch_size)

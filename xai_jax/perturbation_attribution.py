@@ -438,6 +438,26 @@ def occlusion(
     return _attributions(config, t, inputs.batch, batch_size)
 
 
+class _Orders(NamedTuple):
+    num_groups: int
+    num_samples: int
+    antithetic: bool
+
+
+def _orders(config: _Orders, keys: jax.Array) -> jax.Array:
+    """`[batch, n_samples, d]` ranks (`rank[s, j]`: the position of group `j` in order `s`),
+    one compiled call (drawn eagerly op by op they cost more than the model rows)."""
+    d, n = config.num_groups, config.num_samples
+    pairs = n // 2 if config.antithetic else 0
+
+    def one(k):
+        perms = jax.vmap(lambda kk: jax.random.permutation(kk, d))(jax.random.split(k, n - pairs))
+        ranks = jnp.argsort(perms, axis=1).astype(jnp.int32)
+        return jnp.concatenate([ranks, d - 1 - ranks[:pairs]]) if pairs else ranks
+
+    return jax.vmap(one)(keys)
+
+
 @functools.cache
 def _coalition_tables(d: int, dtype):
     """`(with_j, without_j, weight)`: `[d, 2**(d-1)]` coalition pairs and Shapley weights."""
@@ -569,15 +589,7 @@ def shapley_value_sampling(
     keys = as_row_keys(key, inputs.batch)
     labels, d = _groups(feature_mask, inputs.x)
     base, mode, nb = _references(baselines, inputs.x, inputs.batch, True)
-    pairs = n_samples // 2 if antithetic else 0
-    draws = n_samples - pairs
-
-    def orders(k):  # [n_samples, d] ranks: rank[s, j] = position of group j in order s
-        perms = jax.vmap(lambda kk: jax.random.permutation(kk, d))(jax.random.split(k, draws))
-        ranks = jnp.argsort(perms, axis=1).astype(jnp.int32)
-        return jnp.concatenate([ranks, d - 1 - ranks[:pairs]]) if pairs else ranks
-
-    ranks = jax.vmap(orders)(keys)
+    ranks = _chunks.call(_orders, _Orders(d, n_samples, antithetic), keys)
     config = _Config(
         model, "orders", inputs.x, base, mode, nb, 2 + n_samples * (d - 1), labels, {}, t.index,
         extra=ranks, num_samples=n_samples, num_groups=d,

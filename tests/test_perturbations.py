@@ -90,7 +90,7 @@ def test_bernoulli_segments_under_jit_need_num_segments():
         (lambda: gaussian_perturbation(0, jnp.ones(3), 4), TypeError, "key must be a PRNG key"),
         (lambda: bernoulli_perturbation(KEY, jnp.ones(3), 4, p=1.5), ValueError, r"p must be in \[0, 1\]"),
         (lambda: bernoulli_perturbation(KEY, jnp.ones(3), 0), ValueError, "num_samples must be >= 1"),
-        (lambda: bernoulli_perturbation(KEY, jnp.ones(3), 4, segments=jnp.ones(3)), TypeError, "integer label map"),
+        (lambda: bernoulli_perturbation(KEY, jnp.ones(3), 4, segments=jnp.ones(3)), TypeError, "segments must hold integer feature ids"),
         (lambda: bernoulli_perturbation(KEY, jnp.ones(3), 4, segments=jnp.array([0, -1, 1])), ValueError, ">= 0"),
         (lambda: bernoulli_perturbation(KEY, jnp.ones((2, 3)), 4, segments=jnp.zeros(3, int)), ValueError, "leading axes"),
         (lambda: bernoulli_perturbation(KEY, jnp.ones(3), 4, segments=jnp.array([0, 1, 5]), num_segments=3), ValueError, "num_segments=3"),

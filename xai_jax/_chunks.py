@@ -65,6 +65,18 @@ def combine(static, arrays: list):
 # dense model stay in the ~16-32 MB where buffers are still cheap on XLA:CPU (larger ones
 # page-fault).
 ROWS_PER_CHUNK = 2**15
+# ... and for wide rows (images) at most about this many input elements per chunk (8 MB of
+# float32), for the same reason.
+ELEMENTS_PER_CHUNK = 2**21
+
+
+def rows_per_chunk(num_rows: int, elements_per_row: int, batch_size: int | None) -> int:
+    """Model rows per chunk for `map_rows`: `batch_size` when given (checked), else
+    `ROWS_PER_CHUNK`, fewer for rows wider than `ELEMENTS_PER_CHUNK / ROWS_PER_CHUNK`."""
+    if batch_size is not None:
+        return check_positive_int("batch_size", batch_size)
+    wide = ELEMENTS_PER_CHUNK // max(elements_per_row, 1)
+    return max(1, min(num_rows, ROWS_PER_CHUNK, wide))
 
 
 def instances_per_chunk(num_instances: int, rows_per_instance: int, batch_size: int | None) -> int:

@@ -1,8 +1,11 @@
 """Feature groups: integer label maps that switch features on and off together.
 
-lime's image segments (superpixels) are parsed by `check_segments`; the feature masks of the
-ablation, permutation and Shapley methods (Captum's `feature_mask`: ids broadcastable to the
-input, per example or shared, gaps allowed) by `as_feature_mask`.
+Two readings of one kind of argument, on one id check (`_check_ids`: integer dtype, non-empty,
+ids >= 0, the same messages everywhere): lime's image segments (superpixels: labels `0..n-1`
+over an instance's leading axes, traced allowed with `num_segments`) by `check_segments`, and
+Captum's `feature_mask` (ids broadcastable to the input, per example or shared, gaps allowed and
+relabelled, concrete) of the ablation, permutation and Shapley methods and the metrics by
+`as_feature_mask`.
 """
 
 import math
@@ -13,25 +16,32 @@ import numpy as np
 from xai_jax._checks import check_positive_int, is_concrete
 
 
+def _check_ids(name: str, ids) -> None:
+    """Integer dtype always; non-empty and every id >= 0 when `ids` is concrete."""
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise TypeError(f"{name} must hold integer feature ids, got dtype {ids.dtype}")
+    if is_concrete(ids):
+        values = np.asarray(ids)
+        if values.size == 0:
+            raise ValueError(f"{name} is empty")
+        if values.min() < 0:
+            raise ValueError(f"{name} ids must be >= 0, got {values.min()}")
+
+
 def check_segments(segments, num_segments, x):
     """`(labels, num_groups)`: an integer label map over `x`'s leading axes, labels `0..n-1`.
 
-    Concrete labels are checked (integer, non-empty, >= 0, below `num_segments` when given,
-    which defaults to the largest label + 1); traced labels need `num_segments`.
+    Concrete labels are checked (`_check_ids`, and below `num_segments` when given, which
+    defaults to the largest label + 1); traced labels need `num_segments`.
     """
     segments = jnp.asarray(segments)
-    if not jnp.issubdtype(segments.dtype, jnp.integer):
-        raise TypeError(f"segments must be an integer label map, got dtype {segments.dtype}")
+    _check_ids("segments", segments)
     if segments.shape != x.shape[: segments.ndim]:
         raise ValueError(
             f"segments of shape {segments.shape} must match x {x.shape} or its leading axes"
         )
     if is_concrete(segments):
         labels = np.asarray(segments)
-        if labels.size == 0:
-            raise ValueError("segments is empty")
-        if labels.min() < 0:
-            raise ValueError(f"segments labels must be >= 0, got {labels.min()}")
         if num_segments is None:
             num_segments = int(labels.max()) + 1
         elif labels.max() >= num_segments:
@@ -61,8 +71,7 @@ def as_feature_mask(feature_mask, x, name: str = "feature_mask", *, shared: bool
             "are evaluated; close over it instead of passing it as a traced argument"
         )
     mask = np.asarray(feature_mask)
-    if not np.issubdtype(mask.dtype, np.integer):
-        raise TypeError(f"{name} must hold integer feature ids, got dtype {mask.dtype}")
+    _check_ids(name, mask)
     try:
         fits = np.broadcast_shapes(mask.shape, x.shape) == tuple(x.shape)
     except ValueError:
@@ -72,10 +81,6 @@ def as_feature_mask(feature_mask, x, name: str = "feature_mask", *, shared: bool
             f"{name} of shape {mask.shape} does not broadcast to the input of shape {x.shape} "
             f"(one mask {inner} or [1, ...] for every example, or [{x.shape[0]}, ...] per example)"
         )
-    if mask.size == 0:
-        raise ValueError(f"{name} is empty")
-    if mask.min() < 0:
-        raise ValueError(f"{name} ids must be >= 0, got {mask.min()}")
     mask = mask.reshape((1,) * (x.ndim - mask.ndim) + mask.shape)
     per_example = mask.shape[0] != 1
     if per_example and shared:

@@ -45,10 +45,6 @@ __all__ = [
 # Exact Shapley values evaluate 2**d coalitions per example (times the background rows).
 MAX_EXACT_FEATURES = 16
 
-# Default model rows per call: about this many input elements per call (8 MB of float32), so a
-# chunk's buffers stay where XLA:CPU is fast; `batch_size` overrides it.
-_ELEMENTS_PER_CALL = 2**21
-
 
 class _Window(NamedTuple):  # one input leaf's occlusion windows
     offset: int  # code of its first window
@@ -144,11 +140,8 @@ def _rows_chunk(config: _Config, r: jax.Array) -> jax.Array:
 def _values(config: _Config, batch: int, batch_size: int | None) -> jax.Array:
     """`[batch * num_codes * num_base]` target outputs, one per model row."""
     num_rows = batch * config.num_codes * config.num_base
-    if batch_size is None:
-        per_row = sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(config.x))
-        chunk = max(1, min(num_rows, _ELEMENTS_PER_CALL // max(per_row, 1)))
-    else:
-        chunk = check_positive_int("batch_size", batch_size)
+    per_row = sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(config.x))
+    chunk = _chunks.rows_per_chunk(num_rows, per_row, batch_size)
     rows = np.arange(num_rows, dtype=np.int32)
     return _chunks.map_rows(_rows_chunk, config, rows, num_rows, chunk)
 
@@ -307,7 +300,8 @@ def feature_ablation(
             of rank > 2 an int matrix `[batch, rank - 1]` (as `integrated_gradients`).
         feature_mask: integer ids broadcastable to `x` (one mask for every example, or one per
             example); ids need not be contiguous. None: every scalar is its own feature.
-        batch_size: model rows per call (None: about 2M input elements per call).
+        batch_size: model rows per call (None: at most 32,768 rows and about 2M input
+            elements per call).
         forward_kwargs: per-example keyword arrays passed to `fn`, not attributed.
 
     Returns:
@@ -382,7 +376,8 @@ def occlusion(
             window does not span the axis (Captum's rule: otherwise elements go uncovered).
         baselines: Captum's rules: a scalar, a row `[1, ...]`, or one per example.
         target: as `integrated_gradients`.
-        batch_size: model rows per call (None: about 2M input elements per call).
+        batch_size: model rows per call (None: at most 32,768 rows and about 2M input
+            elements per call).
         forward_kwargs: per-example keyword arrays passed to `fn`.
 
     Returns:
@@ -502,7 +497,8 @@ def shapley_values(
             `batch` rows would read as one per example; repeat a row to tell it apart.
         target: as `integrated_gradients`.
         feature_mask: as `feature_ablation`; at most `MAX_EXACT_FEATURES` (16) groups.
-        batch_size: model rows per call (None: about 2M input elements per call).
+        batch_size: model rows per call (None: at most 32,768 rows and about 2M input
+            elements per call).
 
     Returns:
         Attributions in the structure and shapes of `x` (each element its group's value).
@@ -567,7 +563,8 @@ def shapley_value_sampling(
         feature_mask: as `feature_ablation`.
         n_samples: orders per example, >= 1.
         antithetic: pair each order with its reverse.
-        batch_size: model rows per call (None: about 2M input elements per call).
+        batch_size: model rows per call (None: at most 32,768 rows and about 2M input
+            elements per call).
 
     Returns:
         Attributions in the structure and shapes of `x`.
@@ -622,7 +619,8 @@ def feature_permutation(
         x: `[batch, ...]` inputs (batch >= 2) or a pytree of them.
         target: as `integrated_gradients`.
         feature_mask: as `feature_ablation`, one mask for every example.
-        batch_size: model rows per call (None: about 2M input elements per call).
+        batch_size: model rows per call (None: at most 32,768 rows and about 2M input
+            elements per call).
 
     Returns:
         Attributions in the structure and shapes of `x`.

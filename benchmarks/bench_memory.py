@@ -1,7 +1,8 @@
 """Peak memory on large inputs (issue 8): integrated gradients on 10,000 examples of 784
-features and LIME on 1,000 instances of 5,000 samples, each case in a fresh process.
+features, LIME on 1,000 instances of 5,000 samples and feature ablation on 10,000 images (issue
+19), each case in a fresh process.
 
-    python -m benchmarks.bench_memory [--quick] [--out DIR]
+    python -m benchmarks.bench_memory [--quick] [--kinds ig lime ablation] [--out DIR]
 
 Every case runs in its own subprocess, so `ru_maxrss` (the peak resident set, KiB on Linux) is
 that case's alone. The child imports everything, warms up on a tiny input (XLA runtime and
@@ -17,6 +18,9 @@ which no chunking can avoid ("in+out"), and what the allocator keeps.
   examples split by the caller into such blocks (one call each), for comparison.
 * `lime` on bench_lime's MLP 20-64-64-2 (softmax, label 1), Gaussian sampling around the
   training mean, 5,000 samples, default chunking (~32k model rows per compiled chunk).
+* `feature_ablation` on the IG MLP with 4x4 patches of the 28x28 image as features (49 groups:
+  50 model rows per example), with the default `batch_size` (~2M input elements, 2,674 rows,
+  per call) and `batch_size=512`.
 
 "unchunked need": the path points (`n * n_steps * 784 * 4` bytes) or LIME's samples
 (`n * num_samples * 20 * 4` bytes, drawn twice: scaled and raw) that one model call on
@@ -74,8 +78,13 @@ def cases(quick: bool) -> list[dict]:
     ]
     # again with every buffer of 1 MiB or more mmap-ed (returned to the OS when freed): the
     # difference is what glibc's heap keeps after XLA frees it, not the working set
+    ablation = [
+        {"kind": "ablation", "variant": "default", "n": small, "batch_size": None},
+        {"kind": "ablation", "variant": "default", "n": big, "batch_size": None},
+        {"kind": "ablation", "variant": "batch_size", "n": big, "batch_size": 512},
+    ]
     control = [] if quick else [dict(c, env=MMAP) for c in (ig[3], ig[4], ig[6], *lime)]
-    return ig + lime + control
+    return ig + lime + ablation + control
 
 
 # ---- the child: one measurement ---------------------------------------------------------
@@ -184,12 +193,48 @@ def _lime_setup(case: dict):
     return call, inputs, (d + d + 3) * 4
 
 
+PATCH = 4  # feature ablation's groups: PATCH x PATCH squares of the 28 x 28 image
+
+
+def _patch_mask():
+    import numpy as np
+
+    side = int(FEATURES**0.5)
+    ids = np.arange(side) // PATCH
+    return (ids[:, None] * -(-side // PATCH) + ids[None]).reshape(FEATURES)
+
+
+def _ablation_setup(case: dict):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks import _mlp
+    from xai_jax import feature_ablation
+
+    _, params = _mlp.numpy_and_jax(0, IG_SIZES)
+    fn = _counting(lambda x: _mlp.logits(params, x), gradient_only=False)
+    mask = _patch_mask()
+
+    def call(x, t):
+        return feature_ablation(fn, x, target=t, feature_mask=mask, batch_size=case["batch_size"])
+
+    def inputs(n: int):
+        rng = np.random.default_rng(1)
+        x = jnp.asarray(rng.random((n, FEATURES), dtype=np.float32))
+        return x, jnp.asarray(rng.integers(0, CLASSES, n), jnp.int32)
+
+    return call, inputs, FEATURES * 4 * 2
+
+
+_SETUPS = {"ig": _ig_setup, "lime": _lime_setup, "ablation": _ablation_setup}
+
+
 def child(case: dict) -> dict:
     import gc
 
     import jax
 
-    call, inputs, io_per_example = (_ig_setup if case["kind"] == "ig" else _lime_setup)(case)
+    call, inputs, io_per_example = _SETUPS[case["kind"]](case)
     jax.block_until_ready(call(*inputs(2)))  # warm-up: runtime, thread pools, small compiles
     gc.collect()
     baseline, baseline_peak = _rss_kib(), _peak_kib()
@@ -225,7 +270,7 @@ def _unchunked(case: dict) -> dict:
     import jax.numpy as jnp
 
     from benchmarks import _mlp
-    from xai_jax import integrated_gradients, lime
+    from xai_jax import feature_ablation, integrated_gradients, lime
 
     n = case["n"]
     if case["kind"] == "ig":
@@ -242,6 +287,22 @@ def _unchunked(case: dict) -> dict:
             jax.ShapeDtypeStruct((n,), jnp.int32),
         )
         points = n * steps * FEATURES * 4
+    elif case["kind"] == "ablation":
+        _, params = _mlp.numpy_and_jax(0, IG_SIZES)
+        mask = _patch_mask()
+        groups = int(mask.max()) + 1
+
+        def whole(x, t):
+            return feature_ablation(
+                lambda z: _mlp.logits(params, z), x, target=t, feature_mask=mask,
+                batch_size=n * (groups + 1),
+            )  # fmt: skip
+
+        args = (
+            jax.ShapeDtypeStruct((n, FEATURES), jnp.float32),
+            jax.ShapeDtypeStruct((n,), jnp.int32),
+        )
+        points = n * (groups + 1) * FEATURES * 4
     else:
         _, params = _mlp.numpy_and_jax(0, LIME_SIZES)
         s, d = case["num_samples"], LIME_SIZES[0]
@@ -267,6 +328,10 @@ def _unchunked(case: dict) -> dict:
 def _name(case: dict) -> str:
     if case["kind"] == "lime":
         name = f"lime n={case['n']:,}, {case['num_samples']:,} samples"
+    elif case["kind"] == "ablation":
+        size = case["batch_size"]
+        rows = "default batch_size" if size is None else f"batch_size={size}"
+        name = f"feature ablation n={case['n']:,}, 49 patches, {rows}"
     else:
         ibs = {
             "default": "ibs=None (default)",
@@ -390,6 +455,15 @@ def _summary(rows: list[dict]) -> list[str]:
                 f"LIME{label}: {growth(a)} vs {growth(b)} (unchunked: "
                 f"{b['unchunked_xla_temp_mb']:,.0f} of XLA temp at n={b['n']:,}): fixed."
             )
+    a, b = find("ablation"), find("ablation", big=True)
+    c = find("ablation", "batch_size", big=True)
+    if a and b and b["n"] > a["n"]:
+        out.append(
+            f"feature ablation: {a['growth_mb']:,.0f} (n={a['n']:,}) -> {b['growth_mb']:,.0f} "
+            f"(n={b['n']:,}; unchunked: {b['unchunked_points_mb']:,.0f} of perturbed rows), "
+            f"{b['growth_mb'] - a['growth_mb']:+,.0f} for {b['io_mb'] - a['io_mb']:+,.0f} of "
+            "in+out" + (f"; with batch_size=512 {c['growth_mb']:,.0f}." if c else ".")
+        )
     timed = [find("ig", v, 50, big=True) for v in ("default", "ibs", "blocks")]
     if all(timed):
         out.append(
@@ -413,6 +487,9 @@ NOTES = [
     "call: the largest batch the model was traced with inside the gradient (measured).",
     "LIME: MLP 20-64-64-2, 5,000 Gaussian samples per instance around the training mean, "
     "default chunks of ~32k model rows (6 instances).",
+    "feature ablation: MLP 784-512-512-10, 49 feature groups (4x4 patches of the 28x28 "
+    "image), random targets, one eager call on all examples; rows per model call: the "
+    "largest batch the model was traced with (measured).",
     "unchunked points: the path points (n x steps x 784 x 4 B) or LIME's samples (scaled and "
     "raw, 2 x n x 5,000 x 20 x 4 B) of one call on everything; unchunked XLA temp: XLA's "
     "temporary buffers for that call (compiled, not run). For IG ibs=None this is what runs.",
@@ -428,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (< 1 min)")
     parser.add_argument("--out", type=Path, default=OUT, help="results folder")
+    parser.add_argument("--kinds", nargs="+", choices=sorted(_SETUPS),
+                        help="run only these kinds; the other cases are kept from the saved "
+                        "results")  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -438,7 +518,14 @@ def main(argv: list[str] | None = None) -> int:
 
     start_load = os.getloadavg()[0]
     results, unchunked = [], {}
+    suffix = "_quick" if args.quick else ""  # a smoke run does not overwrite the full results
+    saved = args.out / f"memory{suffix}.json"
+    kept = []
+    if args.kinds and saved.exists():
+        kept = [c for c in json.loads(saved.read_text())["cases"] if c["kind"] not in args.kinds]
     for case in cases(args.quick):
+        if args.kinds and case["kind"] not in args.kinds:
+            continue
         name = _name(case)
         print(f"-- {name}", flush=True)
         measured = run_case(case, timeout=120 if args.quick else 600)
@@ -467,10 +554,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine_details": machine,
         "loadavg": {"start": start_load, "end": os.getloadavg()[0]},
         "notes": NOTES,
-        "cases": results,
+        "cases": kept + results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""  # a smoke run does not overwrite the full results
     (args.out / f"memory{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"MEMORY{suffix}.md").write_text(markdown(report))
     print(f"\nwrote {args.out}/memory{suffix}.json and MEMORY{suffix}.md")

@@ -199,6 +199,8 @@ def _spread(phi: jax.Array, config: _Config):
     """Each element gets its group's value: `phi[b, labels[b, e]]`, in the structure of x."""
 
     def one(leaf, labels):
+        if labels.shape[0] == 1:  # one mask for every example: no [batch, ...] index array
+            return jnp.take(phi, labels.reshape(-1), axis=1).reshape(leaf.shape)
         lab = jnp.broadcast_to(labels, leaf.shape).reshape(leaf.shape[0], -1)
         return jnp.take_along_axis(phi, lab, axis=1).reshape(leaf.shape)
 

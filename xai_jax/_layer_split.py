@@ -245,7 +245,8 @@ def checked_split(layer_fn: Callable, head_fn: Callable, x: Any, kwargs: dict) -
     """`(head_fn(layer_fn(.)), layer_fn(x)'s shapes)`, each function's output checked before
     any path work: `layer_fn` returns one row per input row for `x` and for twice its batch
     (the methods call it on many path points at once, so a `layer_fn` mixing or dropping rows
-    is refused here, naming it), and `head_fn` one floating row per row of the layer."""
+    is refused here, naming it), and `head_fn` one floating row per row of the layer (a
+    `head_fn` that cannot take the layer's output at all raises naming both)."""
     layer = _blackbox.rows_output(layer_fn, x, kwargs, "layer_fn")
     doubled = lambda v: jax.ShapeDtypeStruct((2 * v.shape[0], *v.shape[1:]), v.dtype)
     twice = jax.tree.map(doubled, (x, kwargs))
@@ -255,6 +256,13 @@ def checked_split(layer_fn: Callable, head_fn: Callable, x: Any, kwargs: dict) -
         raise ValueError(
             f"{error}; layer_fn must treat rows independently (it is called on many path "
             "points in one batch)"
+        ) from None
+    try:
+        _blackbox.shape_of(head_fn, layer, kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"layer_fn and head_fn do not compose: head_fn fails on layer_fn's output "
+            f"{jax.tree.map(lambda v: tuple(v.shape), layer)}: {error}"
         ) from None
     _blackbox.model_output(head_fn, layer, kwargs, "head_fn")
     return _paths.Composed(layer_fn, head_fn), layer

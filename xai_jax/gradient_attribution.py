@@ -159,7 +159,7 @@ class _ShapOperands(NamedTuple):
     data: _paths.Operands  # x, target, kwargs (no baselines)
     baselines: Any  # x's structure, [n_baselines, ...] leaves: the distribution
     stdev: jax.Array  # scalar
-    keys: jax.Array  # [n_samples] PRNG keys, one per sample
+    key: jax.Array  # split into one key per sample inside the compiled map
 
 
 def gradient_shap(
@@ -240,8 +240,7 @@ def gradient_shap(
     delta = check_bool("return_convergence_delta", return_convergence_delta)
     data = _operands(fn, x, target, forward_kwargs)
     rows = as_background(baselines, data.x, "baselines")
-    keys = jax.random.split(key, n_samples)
-    ops = _ShapOperands(data, rows, jnp.asarray(stdevs), keys)
+    ops = _ShapOperands(data, rows, jnp.asarray(stdevs), key)
     return _chunks.call(_shap_map, _ShapConfig(fn, n_samples, delta), ops)
 
 
@@ -258,20 +257,22 @@ def _shap_map(config: _ShapConfig, ops: _ShapOperands) -> Any:
         alpha = jax.random.uniform(k_alpha, (batch,), dtype)
         return pick, alpha, _paths.noise(k_noise, x, ops.stdev)
 
-    pick, alpha, noisy = jax.vmap(draw)(ops.keys)  # [n, batch], [n, batch], [n, *x]
+    pick, alpha, noisy = jax.vmap(draw)(jax.random.split(ops.key, n))
+    # [n, batch], [n, batch], [n, *x]; the noisy inputs are materialised once (XLA would
+    # otherwise recompute the random bits in every fusion that reads them)
+    noisy = jax.lax.optimization_barrier(noisy)
     noisy = jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:]), noisy)  # sample-major rows
     base = jax.tree.map(lambda b: b[pick.reshape(-1)], ops.baselines)
+    diffs = jax.tree.map(jnp.subtract, noisy, base)
 
-    def point(v, b):
-        a = alpha.reshape(-1, *([1] * (v.ndim - 1))).astype(v.dtype)
-        return b + a * (v - b)
+    def point(d, b):
+        return b + alpha.reshape(-1, *([1] * (d.ndim - 1))).astype(d.dtype) * d
 
     kwargs, index = _paths.repeated(data, n)
-    points = jax.tree.map(point, noisy, base)
-    grads = _paths.weighted_target_grad(
-        config.fn, points, kwargs, index, jnp.ones(n * batch, dtype)
-    )
-    terms = jax.tree.map(lambda g, v, b: g * (v - b), grads, noisy, base)
+    points = jax.tree.map(point, diffs, base)
+    ones = jnp.ones(n * batch, dtype)
+    grads = _paths.weighted_target_grad(config.fn, points, kwargs, index, ones)
+    terms = jax.tree.map(jnp.multiply, grads, diffs)
     attr = mark_invalid(jax.tree.map(lambda t: t / n, _paths.per_step_sum(terms, n)), data.valid)
     if not config.delta:
         return attr

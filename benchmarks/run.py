@@ -32,6 +32,7 @@ BENCHMARKS = {
     "kernel_shap": "benchmarks.bench_lime:bench_kernel_shap",
     "cem": "benchmarks.bench_cem:bench_cem",
     "perturbation": "benchmarks.bench_perturbation:bench_perturbation",
+    "gradient_attribution": "benchmarks.bench_gradient_attribution:bench_gradient_attribution",
     "front_ends": "benchmarks.bench_front_ends:bench_front_ends",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"

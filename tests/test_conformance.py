@@ -31,9 +31,14 @@ from xai_jax import (
     feature_ablation,
     feature_permutation,
     gaussian_perturbation,
+    gradient_shap,
+    input_x_gradient,
     integrated_gradients,
     kernel_shap,
+    layer_activation,
     layer_conductance,
+    layer_gradcam,
+    layer_gradient_x_activation,
     layer_integrated_gradients,
     lime,
     neuron_conductance,
@@ -41,6 +46,7 @@ from xai_jax import (
     occlusion,
     pairwise_distances,
     quadrature,
+    saliency,
     shapley_kernel,
     shapley_value_sampling,
     shapley_values,
@@ -108,6 +114,14 @@ def _ig(v):  # an attribution function for the noise tunnel: one object, as a us
 
 
 _CENTRE = _normal(6)
+
+
+def _spatial_layer(x):  # [N, 6] -> [N, 3, 2, 5]: an NHWC layer for Grad-CAM
+    return jnp.tanh(x.reshape(-1, 3, 2, 1) * _W1[None, None, :2, :])
+
+
+def _spatial_head(h):
+    return jax.nn.softmax(jnp.tanh(h.mean(axis=(1, 2))) @ _W2)
 
 
 def _distance(v):  # a loss for contrastive_explanation
@@ -213,6 +227,26 @@ CASES = [
          lambda k, x, bg: expected_gradients(k, _mlp, x, bg, num_samples=5, stdev=0.1,
                                              target=_T, internal_batch_size=7),
          (_normal(3, 6), _normal(4, 6)), random=True),
+    Case("saliency", saliency,
+         lambda k, x: saliency(_mlp, x, target=_T), (_normal(3, 6),)),
+    Case("saliency[pytree, forward_kwargs, signed]", saliency,
+         lambda k, a, b, s: saliency(_two_inputs, {"a": a, "b": b}, target=_T, abs=False,
+                                     forward_kwargs={"scale": s}),
+         (_normal(3, 4), _normal(3, 2, 3), _normal(3, 1))),
+    Case("input_x_gradient", input_x_gradient,
+         lambda k, x: input_x_gradient(_mlp, x, target=_T), (_normal(3, 6),)),
+    Case("gradient_shap", gradient_shap,
+         lambda k, x, bg: gradient_shap(k, _mlp, x, bg, n_samples=4, stdevs=0.1, target=_T,
+                                        return_convergence_delta=True),
+         (_normal(3, 6), _normal(4, 6)), random=True),
+    Case("layer_activation", layer_activation,
+         lambda k, x: layer_activation(_layer, _head, x), (_normal(3, 6),)),
+    Case("layer_gradient_x_activation", layer_gradient_x_activation,
+         lambda k, x: layer_gradient_x_activation(_layer, _head, x, target=_T), (_normal(3, 6),)),
+    Case("layer_gradcam", layer_gradcam,
+         lambda k, x: layer_gradcam(_spatial_layer, _spatial_head, x, target=_T,
+                                    relu_attributions=True),
+         (_normal(3, 6),)),
     Case("lime", lime,
          lambda k, x: lime(k, _mlp, x, num_samples=64, target=_T, batch_size=2), (_normal(3, 6),),
          random=True),

@@ -34,6 +34,7 @@ from xai_jax import (
     expected_gradients,
     exponential_kernel,
     gaussian_perturbation,
+    gradient_shap,
     integrated_gradients,
     lime,
     numerical_gradient,
@@ -127,6 +128,8 @@ HYPERS = [
           (0.1, 0.5)),
     Hyper("expected_gradients.stdev",
           lambda v: expected_gradients(_KEY, _mlp, _X, _Z, target=1, num_samples=4, stdev=v), (0.0, 0.5)),
+    Hyper("gradient_shap.stdevs",
+          lambda v: gradient_shap(_KEY, _mlp, _X, _Z, target=1, n_samples=4, stdevs=v), (0.0, 0.5)),
     *[
         Hyper(f"cem_loss.{h}", lambda v, h=h: _cem(**{h: v}), (0.01, 5.0))
         for h in ("c", "gamma", "kappa")

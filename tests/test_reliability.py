@@ -44,9 +44,14 @@ from xai_jax import (
     feature_ablation,
     feature_permutation,
     gaussian_perturbation,
+    gradient_shap,
+    input_x_gradient,
     integrated_gradients,
     kernel_shap,
+    layer_activation,
     layer_conductance,
+    layer_gradcam,
+    layer_gradient_x_activation,
     layer_integrated_gradients,
     lime,
     neuron_conductance,
@@ -54,6 +59,7 @@ from xai_jax import (
     occlusion,
     pairwise_distances,
     quadrature,
+    saliency,
     shapley_kernel,
     shapley_value_sampling,
     shapley_values,
@@ -162,6 +168,13 @@ _lc = lambda x=X, **kw: layer_conductance(_layer, _head, x, **{"target": T, **kw
 _nc = lambda idx=1, x=X, **kw: neuron_conductance(_layer, _head, x, idx, **{"target": T, **kw})
 _sg = lambda x=X, **kw: smoothgrad(K, _grad_fn, x, **{"num_samples": 2, **kw})
 _eg = lambda x=X, bg=BG, **kw: expected_gradients(K, _model, x, bg, **{"target": T, **kw})
+_sal = lambda x=X, **kw: saliency(_model, x, **{"target": T, **kw})
+_gs = lambda x=X, bg=BG, **kw: gradient_shap(K, _model, x, bg, **{"target": T, **kw})
+_lgxa = lambda x=X, **kw: layer_gradient_x_activation(_layer, _head, x, **{"target": T, **kw})
+_spatial = lambda z: _layer(z)[:, :, None, None]  # [n, 5, 1, 1]: channels first
+_cam = lambda x=X, **kw: layer_gradcam(
+    _spatial, lambda h: _head(h[:, :, 0, 0]), x, **{"target": T, **kw}
+)
 _lime = lambda x=X, **kw: lime(K, _model, x, **{"num_samples": 16, "target": T, **kw})
 _shap = lambda x=X, bg=BG, **kw: kernel_shap(
     K, _model, x, bg, **{"num_samples": 8, "target": T, **kw}
@@ -269,6 +282,36 @@ BAD = [
     Bad("expected_gradients", "empty", lambda: _eg(bg=np.ones((0, 4))), ValueError, r"background .* at least one row"),
     Bad("expected_gradients", "empty", lambda: _eg(np.ones((0, 4))), ValueError, r"x has an empty batch"),
     Bad("expected_gradients", "target", lambda: _eg(target=np.array([0, 1, 3])), ValueError, r"target out of range .* rows \[2\]"),
+    # gradient maps
+    Bad("saliency", "type", lambda: _sal(abs="yes"), TypeError, r"abs must be a bool, got str 'yes'"),
+    Bad("saliency", "target", lambda: _sal(target=3), ValueError, r"target out of range .* rows \[0, 1, 2\]"),
+    Bad("saliency", "target", lambda: _sal(target=None), ValueError, r"target is required"),
+    Bad("saliency", "empty", lambda: _sal(np.ones((0, 4))), ValueError, r"x has an empty batch"),
+    Bad("saliency", "shape", lambda: _sal(forward_kwargs={"s": np.ones(2)}), ValueError, r"forward_kwargs\['s'\] must have the batch size 3"),
+    Bad("input_x_gradient", "rank", lambda: input_x_gradient(_model, np.float32(1.0), target=0), ValueError, r"x must have at least 1 dimension"),
+    Bad("input_x_gradient", "type", lambda: input_x_gradient(_model, X, target=1.0), TypeError, r"target must be integer"),
+    Bad("gradient_shap", "value", lambda: _gs(n_samples=0), ValueError, r"n_samples must be >= 1"),
+    Bad("gradient_shap", "value", lambda: _gs(stdevs=-0.1), ValueError, r"stdevs must be >= 0"),
+    Bad("gradient_shap", "value", lambda: _gs(stdevs=np.inf), ValueError, r"stdevs contains NaN or inf"),
+    Bad("gradient_shap", "shape", lambda: _gs(bg=_normal(5, 3)), ValueError, r"baselines must be rows shaped like x's"),
+    Bad("gradient_shap", "rank", lambda: _gs(bg=BG[0]), ValueError, r"baselines must be rows shaped like x's"),
+    Bad("gradient_shap", "empty", lambda: _gs(bg=np.ones((0, 4))), ValueError, r"baselines .* at least one row"),
+    Bad("gradient_shap", "type", lambda: _gs(return_convergence_delta=1), TypeError, r"return_convergence_delta must be a bool"),
+    Bad("gradient_shap", "target", lambda: _gs(target=np.array([0, 1, 3])), ValueError, r"target out of range .* rows \[2\]"),
+    Bad("layer_activation", "shape", lambda: layer_activation(_dropping, _head, X), ValueError, r"layer_fn must treat rows independently"),
+    Bad("layer_activation", "shape", lambda: layer_activation(_layer, _total, X), ValueError, r"head_fn must return one output row per input row"),
+    Bad("layer_activation", "shape", lambda: layer_activation(_layer, _model, X), ValueError, r"layer_fn and head_fn do not compose: head_fn fails on layer_fn's output \(3, 5\)"),
+    Bad("layer_gradient_x_activation", "type", lambda: _lgxa(multiply_by_inputs="no"), TypeError, r"multiply_by_inputs must be a bool"),
+    Bad("layer_gradient_x_activation", "shape", lambda: layer_gradient_x_activation(_layer, _model, X, target=T), ValueError, r"layer_fn and head_fn do not compose"),
+    Bad("layer_gradient_x_activation", "target", lambda: _lgxa(target=3), ValueError, r"target out of range"),
+    Bad("layer_gradcam", "rank", lambda: layer_gradcam(_layer, _head, X, target=T), ValueError, r"layer_gradcam needs a layer with spatial axes .* shape \(3, 5\)"),
+    Bad("layer_gradcam", "value", lambda: _cam(channel_axis=4), ValueError, r"channel_axis=4 is out of range for a layer of shape \(3, 5, 1, 1\)"),
+    Bad("layer_gradcam", "value", lambda: _cam(channel_axis=0), ValueError, r"channel_axis=0 is out of range"),
+    Bad("layer_gradcam", "value", lambda: _cam(channel_axis=-4), ValueError, r"channel_axis=-4 is out of range"),
+    Bad("layer_gradcam", "type", lambda: _cam(channel_axis=1.0), TypeError, r"channel_axis must be an int"),
+    Bad("layer_gradcam", "type", lambda: _cam(relu_attributions=1), TypeError, r"relu_attributions must be a bool"),
+    Bad("layer_gradcam", "type", lambda: layer_gradcam(lambda z: (_layer(z), _layer(z)), lambda h: _head(h[0]), X, target=T), TypeError, r"layer_fn must return one array for layer_gradcam"),
+    Bad("layer_gradcam", "shape", lambda: layer_gradcam(_spatial, _model, X, target=T), ValueError, r"layer_fn and head_fn do not compose"),
     # local surrogates
     Bad("lime", "rank", lambda: _lime(X[0]), ValueError, r"x must be 2-D"),
     Bad("lime", "empty", lambda: _lime(np.ones((3, 0), np.float32)), ValueError, r"x must have at least one feature \(column\), got shape \(3, 0\)"),
@@ -474,6 +517,10 @@ POISON = [
     Poison("smoothgrad", "x", lambda x: _sg(x, stdev=0.1), (X,), 0, (2, 2), _rows(2), inf_spreads=False),
     Poison("expected_gradients", "x", lambda x: _eg(x, num_samples=4), (X,), 0, (1, 1), _rows(1)),
     Poison("expected_gradients", "background", lambda bg: _eg(bg=bg, num_samples=4), (BG[:1],), 0, (0, 3), _every_row),
+    Poison("saliency", "x", lambda x: _sal(x), (X,), 0, (1, 2), _rows(1), inf_spreads=False),
+    Poison("input_x_gradient", "x", lambda x: input_x_gradient(_model, x, target=T), (X,), 0, (2, 1), _rows(2)),
+    Poison("gradient_shap", "x", lambda x: _gs(x, n_samples=3), (X,), 0, (1, 1), _rows(1)),
+    Poison("gradient_shap", "baselines", lambda bg: _gs(bg=bg, n_samples=3), (BG[:1],), 0, (0, 3), _every_row),
     Poison("lime", "x", lambda x: _lime(x, num_samples=32), (X,), 0, (1, 2), _rows(1)),
     Poison("lime", "x", _seg_lime, (X,), 0, (2, 0), _rows(2), inf_spreads=False),
     Poison("kernel_shap", "x", lambda x: _shap(x), (X,), 0, (1, 2), _rows(1), inf_spreads=False),
@@ -600,6 +647,8 @@ DTYPE = [
     ("weighted_ridge", lambda A, y, w: weighted_ridge(A, y, w), (_XI.T, _XI[0], np.abs(_XI[1]) + 1)),
     ("integrated_gradients", lambda x, b: integrated_gradients(_model, x, b, target=T, n_steps=4), (_XI, _BI)),
     ("expected_gradients", lambda x, bg: _eg(x, bg, num_samples=3), (_XI, _BGI)),
+    ("saliency", lambda x: _sal(x, abs=False), (_XI,)),
+    ("gradient_shap", lambda x, bg: _gs(x, bg, n_samples=3), (_XI, _BGI)),
     ("lime", lambda x: _lime(x, num_samples=32), (_XI,)),
     ("kernel_shap", lambda x, bg: _shap(x, bg), (_XI, _BGI)),
     ("cem_loss", lambda x: cem_loss("PN", _model, x)(jnp.zeros(4, jnp.result_type(float))), (_XI[0],)),
@@ -647,7 +696,7 @@ def test_float64_and_integers_give_float64_with_x64(name, call, arrays):
 
 # jax.random.normal and .uniform draw other numbers in float64 (64 random bits per value), so
 # these agree with float32 only in distribution; our own samplers draw 32-bit words and agree.
-_OTHER_DRAWS = {"smoothgrad", "expected_gradients"}
+_OTHER_DRAWS = {"smoothgrad", "expected_gradients", "gradient_shap"}
 
 
 def _as_float64(tree):

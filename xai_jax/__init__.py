@@ -8,6 +8,14 @@ from xai_jax._version import __version__ as __version__
 from xai_jax.contrastive import ContrastiveResult, cem_loss, contrastive_explanation
 from xai_jax.distances import pairwise_distances
 from xai_jax.estimators import numerical_gradient, urv_gradient
+from xai_jax.gradient_attribution import (
+    gradient_shap,
+    input_x_gradient,
+    layer_activation,
+    layer_gradcam,
+    layer_gradient_x_activation,
+    saliency,
+)
 from xai_jax.integrated_gradients import (
     expected_gradients,
     integrated_gradients,
@@ -54,9 +62,14 @@ __all__ = [
     "feature_ablation",
     "feature_permutation",
     "gaussian_perturbation",
+    "gradient_shap",
+    "input_x_gradient",
     "integrated_gradients",
     "kernel_shap",
+    "layer_activation",
     "layer_conductance",
+    "layer_gradcam",
+    "layer_gradient_x_activation",
     "layer_integrated_gradients",
     "lime",
     "neuron_conductance",
@@ -64,6 +77,7 @@ __all__ = [
     "occlusion",
     "pairwise_distances",
     "quadrature",
+    "saliency",
     "shapley_kernel",
     "shapley_value_sampling",
     "shapley_values",

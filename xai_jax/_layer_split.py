@@ -6,6 +6,9 @@ the *interception*, a callable `intercept(x, kwargs, on_layer)`; `split_at(inter
 attribute_to_inputs=...)` builds the pair, records the model input's structure and runs the
 liveness check that rejects models bypassing the layer. The front end checks its own arguments
 (model form, parameters, layer path) and names the layer; nothing here knows a model library.
+`checked_split(layer_fn, head_fn, x, kwargs)` is the check every layer method runs on the pair
+it is given (whatever made it): rows of `layer_fn` follow the input's, `head_fn` returns one
+floating row per layer row.
 
 Contract of `intercept(x, kwargs, on_layer)`:
 
@@ -49,6 +52,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.extend.core import Var
+
+from xai_jax import _blackbox, _paths
 
 # `intercept(x, kwargs, on_layer) -> output`, with `on_layer(call, args, call_kwargs) -> value`
 Intercept = Callable[[Any, dict, Callable[[Callable, tuple, dict], Any]], Any]
@@ -234,3 +239,30 @@ def _check_not_bypassed(
         )
     if kwargs_key is not None:
         record.checked.add(key)
+
+
+def checked_split(layer_fn: Callable, head_fn: Callable, x: Any, kwargs: dict) -> tuple:
+    """`(head_fn(layer_fn(.)), layer_fn(x)'s shapes)`, each function's output checked before
+    any path work: `layer_fn` returns one row per input row for `x` and for twice its batch
+    (the methods call it on many path points at once, so a `layer_fn` mixing or dropping rows
+    is refused here, naming it), and `head_fn` one floating row per row of the layer (a
+    `head_fn` that cannot take the layer's output at all raises naming both)."""
+    layer = _blackbox.rows_output(layer_fn, x, kwargs, "layer_fn")
+    doubled = lambda v: jax.ShapeDtypeStruct((2 * v.shape[0], *v.shape[1:]), v.dtype)
+    twice = jax.tree.map(doubled, (x, kwargs))
+    try:
+        _blackbox.rows_output(layer_fn, *twice, "layer_fn")
+    except ValueError as error:
+        raise ValueError(
+            f"{error}; layer_fn must treat rows independently (it is called on many path "
+            "points in one batch)"
+        ) from None
+    try:
+        _blackbox.shape_of(head_fn, layer, kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"layer_fn and head_fn do not compose: head_fn fails on layer_fn's output "
+            f"{jax.tree.map(lambda v: tuple(v.shape), layer)}: {error}"
+        ) from None
+    _blackbox.model_output(head_fn, layer, kwargs, "head_fn")
+    return _paths.Composed(layer_fn, head_fn), layer

@@ -19,9 +19,10 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float, Int, PyTree
 
 from xai_jax import _chunks, _paths
-from xai_jax._blackbox import call, model_output, rows_output
+from xai_jax._blackbox import call, model_output
 from xai_jax._checks import check_bool, check_positive_int
 from xai_jax._inputs import as_baselines, as_forward_kwargs, as_inputs, as_target
+from xai_jax._layer_split import checked_split
 from xai_jax.quadrature import check_rule, rule
 
 __all__ = ["layer_conductance", "layer_integrated_gradients", "neuron_conductance"]
@@ -85,7 +86,7 @@ def layer_integrated_gradients(
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
     b = as_baselines(baselines, inputs.x)
     # the target is checked on the whole model's output shape before the layer runs
-    model, _ = _checked_split(layer_fn, head_fn, inputs.x, kwargs)
+    model, _ = checked_split(layer_fn, head_fn, inputs.x, kwargs)
     as_target(target, model_output(model, inputs.x, kwargs), inputs.batch)
     both = jax.tree.map(lambda a, c: jnp.concatenate([a, c]), inputs.x, b)
     both_kwargs = {name: _paths.rows(v, 2) for name, v in kwargs.items()}
@@ -170,7 +171,7 @@ def layer_conductance(
     ibs = _paths.check_internal_batch_size(internal_batch_size)
     inputs = as_inputs(x)
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
-    model, layer = _checked_split(layer_fn, head_fn, inputs.x, kwargs)
+    model, layer = checked_split(layer_fn, head_fn, inputs.x, kwargs)
     data = _paths.operands(model, inputs, baselines, target, kwargs)
     dtype = jax.tree.leaves(inputs.x)[0].dtype
     points = rule(method, n_steps + 1)
@@ -271,7 +272,7 @@ def neuron_conductance(
     ibs = _paths.check_internal_batch_size(internal_batch_size)
     inputs = as_inputs(x)
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
-    model, layer = _checked_split(layer_fn, head_fn, inputs.x, kwargs)
+    model, layer = checked_split(layer_fn, head_fn, inputs.x, kwargs)
     data = _paths.operands(model, inputs, baselines, target, kwargs)
     if not isinstance(layer, jax.ShapeDtypeStruct):
         raise TypeError(f"layer_fn must return one array for neuron_conductance, got {layer}")
@@ -283,25 +284,6 @@ def neuron_conductance(
     config = _NeuronConfig(layer_fn, head_fn, per_chunk, by_inputs, neuron)
     ops = _paths.PathOperands(data, table)
     return _chunks.run(_neuron_chunk, _neuron_finish, config, ops, inputs.x, num_chunks)
-
-
-def _checked_split(layer_fn: Callable, head_fn: Callable, x: Any, kwargs: dict) -> tuple:
-    """`(head_fn(layer_fn(.)), layer_fn(x)'s shapes)`, each function's output checked before
-    any path work: `layer_fn` returns one row per input row for `x` and for twice its batch
-    (the methods call it on many path points at once, so a `layer_fn` mixing or dropping rows
-    is refused here, naming it), and `head_fn` one floating row per row of the layer."""
-    layer = rows_output(layer_fn, x, kwargs, "layer_fn")
-    doubled = lambda v: jax.ShapeDtypeStruct((2 * v.shape[0], *v.shape[1:]), v.dtype)
-    twice = jax.tree.map(doubled, (x, kwargs))
-    try:
-        rows_output(layer_fn, *twice, "layer_fn")
-    except ValueError as error:
-        raise ValueError(
-            f"{error}; layer_fn must treat rows independently (it is called on many path "
-            "points in one batch)"
-        ) from None
-    model_output(head_fn, layer, kwargs, "head_fn")
-    return _paths.Composed(layer_fn, head_fn), layer
 
 
 def _as_neuron_index(neuron_index: Any, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -728,7 +728,7 @@ def lrp(
         >>> fn = lambda x: jax.nn.relu(x @ w1) @ w2
         >>> attr, delta = lrp(fn, jnp.array([[1.0, 0.5]]), return_convergence_delta=True)
         >>> attr
-        Array([[2.5, 0. ]], dtype=float32)
+        Array([[3., 0.]], dtype=float32)
         >>> bool(abs(delta[0]) < 1e-6)
         True
     """

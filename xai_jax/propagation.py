@@ -305,6 +305,10 @@ def _as_lrp_rules(rule) -> tuple:
 class _Spec(NamedTuple):
     method: str  # guided, deconv, deeplift, lrp
     lrp_rules: tuple = ()
+    finish: str = "grad"  # grad (the modified gradient), deeplift, lrp (times F_t(x))
+    by_inputs: bool = True  # deeplift: times x - x0
+    delta: bool = False  # also the convergence delta
+    n_baselines: int = 0  # deeplift_shap: every row against each of this many baselines
 
 
 def _rules(spec: _Spec, hyper) -> _propagation.Rules:
@@ -318,9 +322,16 @@ def _rules(spec: _Spec, hyper) -> _propagation.Rules:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _kernel(spec: _Spec, static, arrays, x, ref, kwargs, index, hyper):
-    """`(modified gradient of sum_r F_t(x)_r w.r.t. x, F_t(x), F_t(ref) or None)`."""
+def _kernel(spec: _Spec, static, arrays, x, ref, kwargs, index, valid, hyper):
+    """The attributions (and the delta, or None), finished in the same program."""
     fn = _chunks.combine(static, arrays)
+    batch = jax.tree.leaves(x)[0].shape[0]
+    if spec.n_baselines:  # example-major pairs (x_i, b_j), as Captum's DeepLiftShap
+        n = spec.n_baselines
+        x = jax.tree.map(lambda v: _rows(v, n), x)
+        ref = jax.tree.map(lambda v: jnp.tile(v, (batch,) + (1,) * (v.ndim - 1)), ref)
+        kwargs = {k: _rows(v, n) for k, v in kwargs.items()}
+        index = None if index is None else _rows(index, n)
     leaves, treedef = jax.tree.flatten(x)
     kw_leaves, kw_def = jax.tree.flatten(kwargs)
     closed = jax.make_jaxpr(
@@ -342,12 +353,29 @@ def _kernel(spec: _Spec, static, arrays, x, ref, kwargs, index, hyper):
         return jnp.sum(fx), (fx, fr)
 
     grads, (fx, fr) = jax.grad(total, has_aux=True)(leaves)
-    return jax.tree.unflatten(treedef, grads), fx, fr
+    attr = jax.tree.unflatten(treedef, grads)
+    delta = None
+    if spec.finish == "deeplift":
+        if spec.by_inputs:
+            attr = jax.tree.map(lambda g, v, r: g * (v - r), attr, x, ref)
+        delta = _sum_rows(attr) - (fx - fr)
+        if spec.n_baselines:
+            n = spec.n_baselines
+            attr = jax.tree.map(lambda v: jnp.mean(v.reshape(batch, n, *v.shape[1:]), axis=1), attr)
+            delta = delta.reshape(batch, n)
+    elif spec.finish == "lrp":
+        attr = jax.tree.map(lambda g: g * _per_example(fx, g), attr)
+        delta = fx - _sum_rows(attr)
+    attr = mark_invalid(attr, valid)
+    if not spec.delta:
+        return attr, None
+    return attr, mark_invalid(delta, valid)
 
 
-def _run(spec, fn, x, ref, kwargs, index, hyper):
+def _run(spec, fn, x, ref, kwargs, index, valid, hyper):
     static, arrays = _chunks.partition(fn)
-    return _kernel(spec, static, arrays, x, ref, kwargs, index, hyper)
+    attr, delta = _kernel(spec, static, arrays, x, ref, kwargs, index, valid, hyper)
+    return (attr, delta) if spec.delta else attr
 
 
 def _floating_inputs(x, name: str = "x"):
@@ -458,8 +486,7 @@ def _gradient_method(method, fn, x, target, forward_kwargs):
     inputs = _floating_inputs(x)
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
     t = as_target(target, model_output(fn, inputs.x, kwargs), inputs.batch)
-    grads, _, _ = _run(_Spec(method), fn, inputs.x, None, kwargs, t.index, {})
-    return mark_invalid(grads, t.valid)
+    return _run(_Spec(method), fn, inputs.x, None, kwargs, t.index, t.valid, {})
 
 
 def deeplift(
@@ -527,15 +554,11 @@ def deeplift(
     )
 
 
-def _deeplift(fn, x, b, kwargs, index, valid, eps, by_inputs, delta):
+def _deeplift(fn, x, b, kwargs, index, valid, eps, by_inputs, delta, n_baselines=0):
     dtype = jax.tree.leaves(x)[0].dtype
     hyper = {"eps": jnp.asarray(eps, dtype)}
-    grads, fx, fb = _run(_Spec("deeplift"), fn, x, b, kwargs, index, hyper)
-    attr = jax.tree.map(lambda g, v, r: g * (v - r), grads, x, b) if by_inputs else grads
-    attr = mark_invalid(attr, valid)
-    if not delta:
-        return attr
-    return attr, mark_invalid(_sum_rows(attr) - (fx - fb), valid)
+    spec = _Spec("deeplift", (), "deeplift", by_inputs, delta, n_baselines)
+    return _run(spec, fn, x, b, kwargs, index, valid, hyper)
 
 
 def deeplift_shap(
@@ -589,18 +612,7 @@ def deeplift_shap(
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
     t = as_target(target, model_output(fn, inputs.x, kwargs), inputs.batch)
     n_b = jax.tree.leaves(background)[0].shape[0]
-    batch = inputs.batch
-    xr = jax.tree.map(lambda v: _rows(v, n_b), inputs.x)
-    br = jax.tree.map(lambda v: jnp.tile(v, (batch,) + (1,) * (v.ndim - 1)), background)
-    kr = {k: _rows(v, n_b) for k, v in kwargs.items()}
-    index = None if t.index is None else _rows(t.index, n_b)
-    out = _deeplift(fn, xr, br, kr, index, None, eps, by_inputs, delta)
-    attr, d = out if delta else (out, None)
-    attr = jax.tree.map(lambda v: jnp.mean(v.reshape(batch, n_b, *v.shape[1:]), axis=1), attr)
-    attr = mark_invalid(attr, t.valid)
-    if not delta:
-        return attr
-    return attr, mark_invalid(d.reshape(batch, n_b), t.valid)
+    return _deeplift(fn, inputs.x, background, kwargs, t.index, t.valid, eps, by_inputs, delta, n_b)
 
 
 def layer_deeplift(
@@ -742,12 +754,8 @@ def lrp(
     t = as_target(target, model_output(fn, inputs.x, kwargs), inputs.batch)
     dtype = jax.tree.leaves(inputs.x)[0].dtype
     hyper = {"epsilon": jnp.asarray(epsilon, dtype), "gamma": jnp.asarray(gamma, dtype)}
-    grads, fx, _ = _run(_Spec("lrp", rules), fn, inputs.x, None, kwargs, t.index, hyper)
-    attr = jax.tree.map(lambda g: g * _per_example(fx, g), grads)
-    attr = mark_invalid(attr, t.valid)
-    if not delta:
-        return attr
-    return attr, mark_invalid(fx - _sum_rows(attr), t.valid)
+    spec = _Spec("lrp", rules, "lrp", delta=delta)
+    return _run(spec, fn, inputs.x, None, kwargs, t.index, t.valid, hyper)
 
 
 def propagation_gradient(
@@ -808,8 +816,7 @@ def propagation_gradient(
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
     t = as_target(target, model_output(fn, inputs.x, kwargs), inputs.batch)
     hyper = {k: jnp.asarray(v) for k, v in hyper.items()}
-    grads, _, _ = _run(_Spec("lrp", pairs), fn, inputs.x, None, kwargs, t.index, hyper)
-    return mark_invalid(grads, t.valid)
+    return _run(_Spec("lrp", pairs), fn, inputs.x, None, kwargs, t.index, t.valid, hyper)
 
 
 _ = np  # numpy is used in annotations of the checks' inputs

@@ -272,6 +272,32 @@ def test_unknown_nonlinear_primitive_raises_naming_it():
         lrp(lambda x: jnp.cumprod(x @ _W1, axis=1) @ _W3, _X, target=0)
 
 
+def test_control_flow_it_cannot_see_into_raises():
+    branchy = lambda x: lax.cond(True, lambda v: jax.nn.relu(v @ _W1), lambda v: v @ _W1, x) @ _W3
+    with pytest.raises(ValueError, match="'cond'"):
+        guided_backprop(branchy, _X, target=0)
+
+
+def test_a_haiku_model_gets_the_same_maps():
+    hk = pytest.importorskip("haiku")
+
+    def forward(x):
+        return hk.Linear(3)(jnp.tanh(hk.Linear(8)(jax.nn.relu(hk.Linear(8)(x)))))
+
+    model = hk.without_apply_rng(hk.transform(forward))
+    params = model.init(jax.random.key(0), _X)
+    fn = lambda x: model.apply(params, x)
+    (w1, b1), (w2, b2), (w3, b3) = (
+        (params[k]["w"], params[k]["b"])
+        for k in ("linear_2", "linear_1", "linear")  # created outermost first
+    )
+    plain = lambda x: jnp.tanh(jax.nn.relu(x @ w1 + b1[None]) @ w2 + b2[None]) @ w3 + b3[None]
+    for method in (deeplift, guided_backprop, lrp):
+        np.testing.assert_allclose(
+            method(fn, _X, target=1), method(plain, _X, target=1), rtol=1e-5, atol=1e-7
+        )
+
+
 def test_linear_primitives_pass_with_their_transpose():
     idx = jnp.array([3, 0, 5, 1])
     fn = lambda x: jnp.tanh(jnp.take(x, idx, axis=1) @ _W1[:4]) @ _W3

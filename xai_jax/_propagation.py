@@ -466,6 +466,12 @@ def _eval(rules: Rules, jaxpr, consts: list, args: list[tuple], active_in: list[
             for v, o in zip(eqn.outvars, outs, strict=True):
                 env[v] = o
             continue
+        if name in ("cond", "while"):
+            raise ValueError(
+                f"{rules.name} does not look inside {name!r} on inputs that depend on x (its "
+                "branches or body would keep their ordinary derivatives): write the model "
+                "without it, e.g. with jnp.where or a scan of fixed length"
+            )
         if name == "scan":
             outs = _scan(rules, eqn, vals)
             for v, o in zip(eqn.outvars, outs, strict=True):

@@ -497,7 +497,7 @@ def deeplift(
     target: ArrayLike | None = None,
     multiply_by_inputs: bool = True,
     return_convergence_delta: bool = False,
-    eps: float = 1e-10,
+    eps: ArrayLike = 1e-10,
     forward_kwargs: Mapping[str, ArrayLike] | None = None,
 ) -> PyTree[Float[Array, " batch ..."]] | tuple[PyTree[Float[Array, " batch ..."]], Array]:
     """DeepLift with the rescale rule (Captum's `DeepLift`), on any JAX function.
@@ -569,7 +569,7 @@ def deeplift_shap(
     target: ArrayLike | None = None,
     multiply_by_inputs: bool = True,
     return_convergence_delta: bool = False,
-    eps: float = 1e-10,
+    eps: ArrayLike = 1e-10,
     forward_kwargs: Mapping[str, ArrayLike] | None = None,
 ) -> PyTree[Float[Array, " batch ..."]] | tuple[PyTree[Float[Array, " batch ..."]], Array]:
     """DeepLift SHAP (Captum's `DeepLiftShap`, shap's `DeepExplainer`): DeepLift averaged over
@@ -624,7 +624,7 @@ def layer_deeplift(
     target: ArrayLike | None = None,
     multiply_by_inputs: bool = True,
     return_convergence_delta: bool = False,
-    eps: float = 1e-10,
+    eps: ArrayLike = 1e-10,
     forward_kwargs: Mapping[str, ArrayLike] | None = None,
 ) -> PyTree[Float[Array, " batch ..."]] | tuple[PyTree[Float[Array, " batch ..."]], Array]:
     """DeepLift to a layer's units (Captum's `LayerDeepLift`): the model is
@@ -694,8 +694,8 @@ def lrp(
     *,
     target: ArrayLike | None = None,
     rule: str | Mapping[str, Any] = "epsilon",
-    epsilon: float = 1e-9,
-    gamma: float = 0.25,
+    epsilon: ArrayLike = 1e-9,
+    gamma: ArrayLike = 0.25,
     return_convergence_delta: bool = False,
     forward_kwargs: Mapping[str, ArrayLike] | None = None,
 ) -> PyTree[Float[Array, " batch ..."]] | tuple[PyTree[Float[Array, " batch ..."]], Array]:

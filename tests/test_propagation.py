@@ -413,3 +413,26 @@ def test_jit_and_vmap():
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_at_the_baseline_the_multipliers_are_the_gradient():
+    grads = jax.grad(lambda v: jnp.sum(_plain(v)[:, 2]))(_X)
+    m = deeplift(_plain, _X, _X, target=2, multiply_by_inputs=False)
+    np.testing.assert_allclose(m, grads, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(deeplift(_plain, _X, _X, target=2), 0.0)
+
+
+def test_pytree_inputs_and_forward_kwargs():
+    def two(t, scale):
+        return jnp.tanh(t["a"] @ _W1[:4] + t["b"] @ _W1[4:]) @ _W3 * scale
+
+    x = {"a": _X[:, :4], "b": _X[:, 4:]}
+    s = jnp.linspace(0.5, 1.5, 4)[:, None]
+    attr, delta = deeplift(two, x, 0.1, target=0, forward_kwargs={"scale": s},
+                           return_convergence_delta=True)  # fmt: skip
+    assert attr["a"].shape == (4, 4) and attr["b"].shape == (4, 2)
+    assert np.abs(np.asarray(delta)).max() < 1e-5
+    flat = deeplift(lambda v: two({"a": v[:, :4], "b": v[:, 4:]}, s), _X, 0.1, target=0)
+    np.testing.assert_allclose(
+        jnp.concatenate([attr["a"], attr["b"]], 1), flat, rtol=1e-5, atol=1e-7
+    )

@@ -577,13 +577,10 @@ def _layer(rules: Rules, eqns, i: int, chain: list[int], read) -> tuple:
 
 
 def _call(rules: Rules, eqn, vals: list[_Value]) -> list[_Value]:
+    """A call's body, walked with the same rules (a custom_jvp/vjp's consts are its leading
+    operands; its custom derivative is what the rules replace)."""
     jaxpr, consts = _sub_jaxpr(eqn)
-    name = eqn.primitive.name
-    if name in ("custom_vjp_call", "custom_vjp_call_jaxpr", "custom_jvp_call"):
-        nc = eqn.params.get("num_consts", 0)
-        del nc  # the consts are ordinary leading operands of the body
-    outs = _eval(rules, jaxpr, consts, [v.lanes for v in vals], [v.active for v in vals])
-    return outs
+    return _eval(rules, jaxpr, consts, [v.lanes for v in vals], [v.active for v in vals])
 
 
 def _scan(rules: Rules, eqn, vals: list[_Value]) -> list[_Value]:

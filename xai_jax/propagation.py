@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PyTree
 
@@ -817,6 +816,3 @@ def propagation_gradient(
     t = as_target(target, model_output(fn, inputs.x, kwargs), inputs.batch)
     hyper = {k: jnp.asarray(v) for k, v in hyper.items()}
     return _run(_Spec("lrp", pairs), fn, inputs.x, None, kwargs, t.index, t.valid, hyper)
-
-
-_ = np  # numpy is used in annotations of the checks' inputs

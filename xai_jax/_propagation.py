@@ -1,7 +1,8 @@
 """Modified backward passes on any JAX function: a walk of its jaxpr with rules in place of VJPs.
 
-`propagate(rules, fn, x, ref, kwargs)` re-evaluates `fn`'s jaxpr on the inputs (and, for
-reference-based rules such as DeepLift's, on the baselines in the same walk, "lanes"), replacing
+`propagate(rules, closed_jaxpr, args, active)` re-evaluates a function's jaxpr on the inputs
+(and, for reference-based rules such as DeepLift's, on the baselines in the same walk: each
+value holds one array per "lane"), replacing
 chosen pieces by `jax.custom_vjp` functions whose forward is the original computation and whose
 backward is the rule. `jax.grad` of the result is then the modified gradient, and because the
 rules are ordinary JAX code of their residuals, it stays differentiable with respect to anything

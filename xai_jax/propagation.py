@@ -776,7 +776,9 @@ def propagation_gradient(
     bias add)), the cotangent `g` of the output and `hyper` (the keyword arrays given here),
     and returns the cotangent of the active operand. Elementwise nonlinearities pass `g`
     unchanged (LRP's convention) and linear primitives their transpose; any other primitive
-    raises, naming it. `lrp` is this function with its three rules, times `F_t(x)`.
+    raises, naming it. `lrp` is this function with its three rules, times `F_t(x)`. Rule
+    objects are static configuration (hashed, compared with their type: a `NamedTuple` or a
+    frozen dataclass); values to trace go in `**hyper`.
 
     Args:
         fn: model mapping a batch to outputs `[batch, ...]`.

@@ -2,11 +2,11 @@
 
 `propagate(rules, closed_jaxpr, args, active)` re-evaluates a function's jaxpr on the inputs
 (and, for reference-based rules such as DeepLift's, on the baselines in the same walk: each
-value holds one array per "lane"), replacing
-chosen pieces by `jax.custom_vjp` functions whose forward is the original computation and whose
-backward is the rule. `jax.grad` of the result is then the modified gradient, and because the
-rules are ordinary JAX code of their residuals, it stays differentiable with respect to anything
-the model closes over (parameters), jittable and vmappable.
+value holds one array per "lane"), replacing chosen pieces by `jax.custom_vjp` functions whose
+forward is the original computation and whose backward is the rule. `jax.grad` of the result
+is then the modified gradient, and because the rules are ordinary JAX code of their residuals,
+it stays differentiable with respect to anything the model closes over (parameters), jittable
+and vmappable.
 
 The walk recurses into `jit`/`pjit`, `closed_call`, `custom_jvp_call`, `custom_vjp_call` (their
 primal bodies: the custom derivative is what a rule replaces), `remat` and `scan` bodies. Values

@@ -24,7 +24,7 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PyTree
 
 from xai_jax import _chunks, _paths, _propagation
-from xai_jax._blackbox import call, mark_invalid, model_output, rows_output, selected
+from xai_jax._blackbox import mark_invalid, model_output, rows_output, selected
 from xai_jax._checks import check_bool, check_choice, check_finite, check_positive
 from xai_jax._inputs import as_background, as_forward_kwargs, as_inputs, as_target
 
@@ -320,10 +320,14 @@ def _rules(spec: _Spec, hyper) -> _propagation.Rules:
     return _lrp_rules(spec.lrp_rules, hyper)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _kernel(spec: _Spec, static, arrays, x, ref, kwargs, index, valid, hyper):
-    """The attributions (and the delta, or None), finished in the same program."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 9))
+def _kernel(spec: _Spec, static, arrays, x, ref, kwargs, index, valid, hyper, layer=None, la=()):
+    """The attributions (and the delta, or None), finished in the same program; with `layer`
+    (layer DeepLift) `x` and `ref` go through it first."""
     fn = _chunks.combine(static, arrays)
+    if layer is not None:
+        layer_fn = _chunks.combine(layer, la)
+        x, ref = layer_fn(x, **kwargs), layer_fn(ref, **kwargs)
     batch = jax.tree.leaves(x)[0].shape[0]
     if spec.n_baselines:  # example-major pairs (x_i, b_j), as Captum's DeepLiftShap
         n = spec.n_baselines
@@ -371,9 +375,10 @@ def _kernel(spec: _Spec, static, arrays, x, ref, kwargs, index, valid, hyper):
     return attr, mark_invalid(delta, valid)
 
 
-def _run(spec, fn, x, ref, kwargs, index, valid, hyper):
+def _run(spec, fn, x, ref, kwargs, index, valid, hyper, layer_fn=None):
     static, arrays = _chunks.partition(fn)
-    attr, delta = _kernel(spec, static, arrays, x, ref, kwargs, index, valid, hyper)
+    layer, la = (None, ()) if layer_fn is None else _chunks.partition(layer_fn)
+    attr, delta = _kernel(spec, static, arrays, x, ref, kwargs, index, valid, hyper, layer, la)
     return (attr, delta) if spec.delta else attr
 
 
@@ -553,11 +558,11 @@ def deeplift(
     )
 
 
-def _deeplift(fn, x, b, kwargs, index, valid, eps, by_inputs, delta, n_baselines=0):
+def _deeplift(fn, x, b, kwargs, index, valid, eps, by_inputs, delta, n_baselines=0, layer=None):
     dtype = jax.tree.leaves(x)[0].dtype
     hyper = {"eps": jnp.asarray(eps, dtype)}
     spec = _Spec("deeplift", (), "deeplift", by_inputs, delta, n_baselines)
-    return _run(spec, fn, x, b, kwargs, index, valid, hyper)
+    return _run(spec, fn, x, b, kwargs, index, valid, hyper, layer)
 
 
 def deeplift_shap(
@@ -668,9 +673,10 @@ def layer_deeplift(
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
     model = _composed(layer_fn, head_fn, inputs.x, kwargs)
     ops = _paths.operands(model, inputs, baselines, target, kwargs)
-    hx = call(layer_fn, ops.x, kwargs)
-    hb = call(layer_fn, ops.baselines, kwargs)
-    return _deeplift(head_fn, hx, hb, kwargs, ops.index, ops.valid, eps, by_inputs, delta)
+    return _deeplift(
+        head_fn, ops.x, ops.baselines, kwargs, ops.index, ops.valid, eps, by_inputs, delta,
+        layer=layer_fn,
+    )  # fmt: skip
 
 
 def _composed(layer_fn, head_fn, x, kwargs):

@@ -436,3 +436,14 @@ def test_pytree_inputs_and_forward_kwargs():
     np.testing.assert_allclose(
         jnp.concatenate([attr["a"], attr["b"]], 1), flat, rtol=1e-5, atol=1e-7
     )
+
+
+def test_deeplift_shap_in_chunks_of_baselines_equals_one_call():
+    bg = jnp.asarray(_R.normal(size=(5, 6)), jnp.float32)
+    one, d1 = deeplift_shap(_plain, _X, bg, target=1, return_convergence_delta=True)
+    chunked, d2 = deeplift_shap(
+        _plain, _X, bg, target=1, return_convergence_delta=True, internal_batch_size=8
+    )  # 2 baselines a chunk, the third chunk padded
+    np.testing.assert_allclose(chunked, one, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(d2, d1, atol=1e-6)
+    assert d2.shape == (4, 5)

@@ -323,6 +323,7 @@ BAD = [
     Bad("deeplift", "value", lambda: xai_jax.deeplift(lambda z: _model(z) * _model(z), X, target=T), ValueError, r"no rule for the primitive 'mul'"),
     Bad("deeplift_shap", "shape", lambda: xai_jax.deeplift_shap(_model, X, _normal(2, 5), target=T), ValueError, r"baselines must be rows shaped like x's"),
     Bad("deeplift_shap", "type", lambda: xai_jax.deeplift_shap(_model, X.astype(np.int64), BG, target=T), TypeError, r"x must hold floating arrays"),
+    Bad("deeplift_shap", "value", lambda: xai_jax.deeplift_shap(_model, X, BG, target=T, internal_batch_size=0), ValueError, r"internal_batch_size must be >= 1"),
     Bad("layer_deeplift", "shape", lambda: xai_jax.layer_deeplift(_layer, _model, X, target=T), ValueError, r"head_fn does not compose with layer_fn"),
     Bad("layer_deeplift", "shape", lambda: xai_jax.layer_deeplift(lambda z: _layer(z).sum(), _head, X, target=T), ValueError, r"layer_fn"),
     Bad("guided_backprop", "type", lambda: xai_jax.guided_backprop(_model, X.astype(np.int32), target=T), TypeError, r"x must hold floating arrays"),

@@ -34,6 +34,7 @@ BENCHMARKS = {
     "perturbation": "benchmarks.bench_perturbation:bench_perturbation",
     "gradient_attribution": "benchmarks.bench_gradient_attribution:bench_gradient_attribution",
     "front_ends": "benchmarks.bench_front_ends:bench_front_ends",
+    "propagation": "benchmarks.bench_propagation:bench_propagation",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 TARGET_LABELS = {"ratio_median": "{:g}x", "matmul_fraction": "{:.0%} of matmul"}

@@ -307,6 +307,33 @@ CASES = [
          lambda k, X, y: weighted_ridge(X, y, alpha=0.0), (_normal(20, 3), _normal(20, 2))),
 ]  # fmt: skip
 
+
+def _relu_mlp(x):  # [N, 6] -> [N, 3] with a ReLU (the propagation methods' case)
+    return jax.nn.relu(x @ _W1) @ _W2
+
+
+CASES += [
+    Case("guided_backprop", xai_jax.guided_backprop,
+         lambda k, x: xai_jax.guided_backprop(_relu_mlp, x, target=_T), (_normal(3, 6),)),
+    Case("deconvolution", xai_jax.deconvolution,
+         lambda k, x: xai_jax.deconvolution(_relu_mlp, x, target=_T), (_normal(3, 6),)),
+    Case("deeplift", xai_jax.deeplift,
+         lambda k, x, b: xai_jax.deeplift(_mlp, x, b, target=_T, return_convergence_delta=True),
+         (_normal(3, 6), _normal(1, 6))),
+    Case("deeplift_shap", xai_jax.deeplift_shap,
+         lambda k, x, bg: xai_jax.deeplift_shap(_relu_mlp, x, bg, target=_T),
+         (_normal(3, 6), _normal(4, 6))),
+    Case("layer_deeplift", xai_jax.layer_deeplift,
+         lambda k, x: xai_jax.layer_deeplift(_layer, _head, x, target=_T), (_normal(3, 6),)),
+    Case("lrp", xai_jax.lrp,
+         lambda k, x: xai_jax.lrp(_relu_mlp, x, target=_T, rule="gamma"),
+         (_normal(3, 6),)),
+    Case("propagation_gradient", xai_jax.propagation_gradient,
+         lambda k, x: xai_jax.propagation_gradient(_relu_mlp, x, {"dot_general": xai_jax.Epsilon()},
+                                                   target=_T, epsilon=1e-6),
+         (_normal(3, 6),)),
+]  # fmt: skip
+
 RANDOM = [c for c in CASES if c.random]
 KEY, OTHER_KEY = jax.random.key(0), jax.random.key(1)
 

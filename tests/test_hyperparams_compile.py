@@ -25,6 +25,7 @@ import optax
 import pytest
 from jax._src import dispatch  # the names of the trace and compile events
 
+import xai_jax
 from xai_jax import (
     aoexpgrad,
     bernoulli_perturbation,
@@ -152,6 +153,17 @@ HYPERS = [
               _KEY, _loss, _X[0], optimizer=_SGD, gradient="urv", num_iter=6,
               save_freq=3, gradient_kwargs=dict(num_samples=4, mu=v)).explanation,
           (1e-2, 1e-1)),
+]  # fmt: skip
+
+
+def _relu(x):  # a ReLU MLP for the propagation methods
+    return jax.nn.relu(x @ _W) @ _W.T
+
+
+HYPERS += [
+    Hyper("deeplift.eps", lambda v: xai_jax.deeplift(_mlp, _X, 0.1, target=1, eps=v), (1e-10, 0.5)),
+    Hyper("lrp.epsilon", lambda v: xai_jax.lrp(_relu, _X, target=1, epsilon=v), (1e-9, 0.5)),
+    Hyper("lrp.gamma", lambda v: xai_jax.lrp(_relu, _X, target=1, rule="gamma", gamma=v), (0.1, 1.0)),
 ]  # fmt: skip
 
 

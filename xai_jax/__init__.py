@@ -40,6 +40,18 @@ from xai_jax.perturbation_attribution import (
     shapley_values,
 )
 from xai_jax.perturbations import bernoulli_perturbation, gaussian_perturbation
+from xai_jax.propagation import (
+    Epsilon,
+    Gamma,
+    ZPlus,
+    deconvolution,
+    deeplift,
+    deeplift_shap,
+    guided_backprop,
+    layer_deeplift,
+    lrp,
+    propagation_gradient,
+)
 from xai_jax.quadrature import quadrature
 from xai_jax.surrogates import RidgeFit, weighted_ridge
 from xai_jax.wrappers import Explanation, ExplanationGenerator, IntegratedGradients, LimeBase
@@ -84,4 +96,18 @@ __all__ = [
     "smoothgrad",
     "urv_gradient",
     "weighted_ridge",
+]
+
+# modified-backward-pass attributions (xai_jax.propagation)
+__all__ += [
+    "Epsilon",
+    "Gamma",
+    "ZPlus",
+    "deconvolution",
+    "deeplift",
+    "deeplift_shap",
+    "guided_backprop",
+    "layer_deeplift",
+    "lrp",
+    "propagation_gradient",
 ]

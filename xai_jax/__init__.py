@@ -23,6 +23,16 @@ from xai_jax.integrated_gradients import (
 from xai_jax.kernel_shap import kernel_shap
 from xai_jax.kernels import exponential_kernel, shapley_kernel
 from xai_jax.lime import LimeResult, lime
+from xai_jax.metrics import (
+    CurveResult,
+    completeness,
+    deletion,
+    faithfulness_correlation,
+    infidelity,
+    insertion,
+    randomisation_check,
+    sensitivity_max,
+)
 from xai_jax.optimizers import aoexpgrad, elastic_net_fista
 from xai_jax.perturbation_attribution import (
     feature_ablation,
@@ -38,6 +48,7 @@ from xai_jax.wrappers import Explanation, ExplanationGenerator, IntegratedGradie
 
 __all__ = [
     "ContrastiveResult",
+    "CurveResult",
     "Explanation",
     "ExplanationGenerator",
     "IntegratedGradients",
@@ -47,13 +58,18 @@ __all__ = [
     "aoexpgrad",
     "bernoulli_perturbation",
     "cem_loss",
+    "completeness",
     "contrastive_explanation",
+    "deletion",
     "elastic_net_fista",
     "expected_gradients",
     "exponential_kernel",
+    "faithfulness_correlation",
     "feature_ablation",
     "feature_permutation",
     "gaussian_perturbation",
+    "infidelity",
+    "insertion",
     "integrated_gradients",
     "kernel_shap",
     "layer_conductance",
@@ -64,6 +80,8 @@ __all__ = [
     "occlusion",
     "pairwise_distances",
     "quadrature",
+    "randomisation_check",
+    "sensitivity_max",
     "shapley_kernel",
     "shapley_value_sampling",
     "shapley_values",

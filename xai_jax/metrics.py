@@ -255,11 +255,24 @@ def _infidelity_finish(config: _PerturbConfig, operands):
     return mark_invalid(value / config.n, valid)
 
 
+def _call_perturb(perturb: Callable, operands):
+    return perturb(*operands)
+
+
+def _call_explain(explain: Callable, operands):
+    x, kwargs = operands
+    return explain(x, **kwargs)
+
+
+def _call_explain_params(explain: Callable, operands):
+    return explain(*operands)
+
+
 def _check_perturb(perturb, key, xs, pair: bool):
     """Raise unless `perturb(key, xs)` returns what it must, shaped like `xs` (traced only)."""
     want = "(perturbation, perturbed_xs)" if pair else "perturbed_xs"
     try:
-        out = jax.eval_shape(perturb, key, xs)
+        out = _chunks.shape_of(_call_perturb, perturb, (key, xs))
     except (TypeError, ValueError) as err:
         raise ValueError(f"perturb(key, xs) failed on xs of shape {_shapes(xs)}: {err}") from err
     parts = out if pair else (out,)
@@ -381,7 +394,7 @@ def _sensitivity_chunk(config: _PerturbConfig, rows):
 
 def _check_explain(explain, x, kwargs):
     try:
-        out = jax.eval_shape(lambda v, kw: explain(v, **kw), x, kwargs)
+        out = _chunks.shape_of(_call_explain, explain, (x, kwargs))
     except (TypeError, ValueError) as err:
         raise ValueError(f"explain(x) failed on x of shape {_shapes(x)}: {err}") from err
     if not _same_layout(out, x):
@@ -849,7 +862,7 @@ class _MPRTConfig(NamedTuple):
 
 def _average_ranks(v: jax.Array) -> jax.Array:
     """Ranks along the last axis (0-based), ties given their mean rank (scipy's `rankdata`)."""
-    key = ascending_key(v)
+    key = ascending_key(jax.lax.stop_gradient(v))  # ranks are piecewise constant
     order = _order(key)
     sorted_key = jnp.take_along_axis(key, order, axis=1)
     first = jax.vmap(lambda s: jnp.searchsorted(s, s, side="left"))(sorted_key)
@@ -946,7 +959,7 @@ def randomisation_check(
     inputs = as_inputs(x)
     batch = inputs.batch
     try:
-        out = jax.eval_shape(explain, params, inputs.x)
+        out = _chunks.shape_of(_call_explain_params, explain, (params, inputs.x))
     except (TypeError, ValueError) as err:
         raise ValueError(
             f"explain(params, x) failed on x of shape {_shapes(inputs.x)}: {err}"

@@ -33,6 +33,7 @@ BENCHMARKS = {
     "cem": "benchmarks.bench_cem:bench_cem",
     "perturbation": "benchmarks.bench_perturbation:bench_perturbation",
     "front_ends": "benchmarks.bench_front_ends:bench_front_ends",
+    "metrics": "benchmarks.bench_metrics:bench_metrics",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 TARGET_LABELS = {"ratio_median": "{:g}x", "matmul_fraction": "{:.0%} of matmul"}

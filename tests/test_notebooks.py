@@ -20,6 +20,7 @@ def test_the_notebooks_exist():
         "02_attribution_prior.ipynb",
         "03_benchmarks.ipynb",
         "04_model_libraries.ipynb",
+        "06_metrics.ipynb",
     ]
 
 

@@ -125,13 +125,14 @@ def _image_model(x):  # [N, 1, 5, 5] -> [N, 3]: a perturbation method's image bl
     return jnp.tanh(x.reshape(x.shape[0], 25)[:, :6] @ _W) * jnp.mean(x, axis=(1, 2, 3))[:, None]
 
 
-
 def _ig_t(v, target):  # an attribution function with a per-example target (sensitivity_max)
     return integrated_gradients(_mlp, v, target=target, n_steps=4)
 
 
 def _saliency_p(p, v):  # a gradient map of the layered model under parameters p
-    return jax.grad(lambda u: jnp.sum(jax.nn.softmax(jnp.tanh(jnp.tanh(u @ p["a"]) @ p["b"]))[:, 0]))(v)
+    return jax.grad(
+        lambda u: jnp.sum(jax.nn.softmax(jnp.tanh(jnp.tanh(u @ p["a"]) @ p["b"]))[:, 0])
+    )(v)
 
 
 def _signs_perturb(k, xs):  # a user's perturbation: random signs of a fixed size

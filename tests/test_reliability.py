@@ -188,12 +188,20 @@ _Y = _normal(3)
 _SEG = np.array([0, 0, 1, 1])
 _ONE_CLASS = lambda z: jnp.tanh(z).sum(1, keepdims=True)
 
-_infid = lambda a=X, **kw: infidelity(K, _model, X, a, **{"target": T, "n_perturb_samples": 2, **kw})
-_sens = lambda explain=_grad_fn, **kw: sensitivity_max(K, explain, X, **{"n_perturb_samples": 2, **kw})
+_infid = lambda a=X, **kw: infidelity(
+    K, _model, X, a, **{"target": T, "n_perturb_samples": 2, **kw}
+)
+_sens = lambda explain=_grad_fn, **kw: sensitivity_max(
+    K, explain, X, **{"n_perturb_samples": 2, **kw}
+)
 _del = lambda a=X, **kw: deletion(_model, X, a, **{"target": T, "n_steps": 3, **kw})
-_faith = lambda **kw: faithfulness_correlation(K, _model, X, X, **{"target": T, "subset_size": 2, **kw})
+_faith = lambda **kw: faithfulness_correlation(
+    K, _model, X, X, **{"target": T, "subset_size": 2, **kw}
+)
 _PARAMS = {"w": _W}
-_mprt = lambda explain=lambda p, z: z @ p["w"], **kw: randomisation_check(K, explain, _PARAMS, X, **kw)
+_mprt = lambda explain=lambda p, z: z @ p["w"], **kw: randomisation_check(
+    K, explain, _PARAMS, X, **kw
+)
 _wrong_rows = lambda k, xs: (xs[:1], xs[:1])  # a perturbation without the repeated rows
 
 BAD = [

@@ -755,7 +755,7 @@ def faithfulness_correlation(
         >>> w = jnp.array([1.0, -2.0, 3.0, 0.5])
         >>> f = lambda z: z @ w
         >>> x = jnp.ones((1, 4))
-        >>> r = faithfulness_correlation(jax.random.key(0), f, x, x * w, subset_size=2)
+        >>> r = faithfulness_correlation(jax.random.key(0), f, x, x * w[None], subset_size=2)
         >>> bool(jnp.allclose(r, 1.0))
         True
     """

@@ -35,6 +35,7 @@ BENCHMARKS = {
     "gradient_attribution": "benchmarks.bench_gradient_attribution:bench_gradient_attribution",
     "front_ends": "benchmarks.bench_front_ends:bench_front_ends",
     "propagation": "benchmarks.bench_propagation:bench_propagation",
+    "metrics": "benchmarks.bench_metrics:bench_metrics",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 TARGET_LABELS = {"ratio_median": "{:g}x", "matmul_fraction": "{:.0%} of matmul"}

@@ -24,15 +24,20 @@ from xai_jax import (
     aoexpgrad,
     bernoulli_perturbation,
     cem_loss,
+    completeness,
     contrastive_explanation,
+    deletion,
     elastic_net_fista,
     expected_gradients,
     exponential_kernel,
+    faithfulness_correlation,
     feature_ablation,
     feature_permutation,
     gaussian_perturbation,
     gradient_shap,
+    infidelity,
     input_x_gradient,
+    insertion,
     integrated_gradients,
     kernel_shap,
     layer_activation,
@@ -46,7 +51,9 @@ from xai_jax import (
     occlusion,
     pairwise_distances,
     quadrature,
+    randomisation_check,
     saliency,
+    sensitivity_max,
     shapley_kernel,
     shapley_value_sampling,
     shapley_values,
@@ -130,6 +137,21 @@ def _distance(v):  # a loss for contrastive_explanation
 
 def _image_model(x):  # [N, 1, 5, 5] -> [N, 3]: a perturbation method's image black box
     return jnp.tanh(x.reshape(x.shape[0], 25)[:, :6] @ _W) * jnp.mean(x, axis=(1, 2, 3))[:, None]
+
+
+def _ig_t(v, target):  # an attribution function with a per-example target (sensitivity_max)
+    return integrated_gradients(_mlp, v, target=target, n_steps=4)
+
+
+def _saliency_p(p, v):  # a gradient map of the layered model under parameters p
+    return jax.grad(
+        lambda u: jnp.sum(jax.nn.softmax(jnp.tanh(jnp.tanh(u @ p["a"]) @ p["b"]))[:, 0])
+    )(v)
+
+
+def _signs_perturb(k, xs):  # a user's perturbation: random signs of a fixed size
+    noise = 0.1 * jnp.sign(jax.random.normal(k, xs.shape, xs.dtype))
+    return noise, xs - noise
 
 
 _GROUPS = np.array([0, 0, 3, 3, 1, 5])  # a feature mask with gaps (allowed, as Captum)
@@ -305,6 +327,36 @@ CASES = [
          (_normal(6),), random=True, grad_arg=None),
     Case("weighted_ridge[2-D y, alpha=0]", weighted_ridge,
          lambda k, X, y: weighted_ridge(X, y, alpha=0.0), (_normal(20, 3), _normal(20, 2))),
+    Case("infidelity", infidelity,
+         lambda k, x, a: infidelity(k, _mlp, x, a, target=_T, n_perturb_samples=4, batch_size=2),
+         (_normal(3, 6), _normal(3, 6)), random=True),
+    Case("infidelity[normalize, perturb]", infidelity,
+         lambda k, x, a: infidelity(k, _mlp, x, a, target=1, normalize=True, n_perturb_samples=3,
+                                    perturb=_signs_perturb),
+         (_normal(3, 6), _normal(3, 6)), random=True),
+    Case("sensitivity_max", sensitivity_max,
+         lambda k, x: sensitivity_max(k, _ig_t, x, n_perturb_samples=3,
+                                      explain_kwargs={"target": _T}),
+         (_normal(3, 6),), random=True),
+    Case("deletion", deletion,
+         lambda k, x, a, b: deletion(_mlp, x, a, target=_T, baselines=b, n_steps=4,
+                                     feature_mask=_GROUPS, batch_size=4),
+         (_normal(3, 6), _normal(3, 6), _normal(3, 6))),
+    Case("insertion", insertion,
+         lambda k, x, a: insertion(_mlp, x, a, target=_T, n_steps=3), (_normal(3, 6), _normal(3, 6))),
+    Case("faithfulness_correlation", faithfulness_correlation,
+         lambda k, x, a: faithfulness_correlation(k, _mlp, x, a, target=_T, subset_size=2,
+                                                  n_subsets=8, batch_size=5),
+         (_normal(3, 6), _normal(3, 6)), random=True),
+    Case("completeness", completeness,
+         lambda k, x, a, b: completeness(_mlp, x, a, b, target=_T), (_normal(3, 6), _normal(3, 6), _normal(1, 6))),
+    Case("randomisation_check", randomisation_check,
+         lambda k, x: randomisation_check(k, _saliency_p, {"a": _W1, "b": _W2}, x,
+                                          similarity="pearson"),
+         (_normal(3, 6),), random=True),
+    Case("randomisation_check[spearman]", randomisation_check,
+         lambda k, x: randomisation_check(k, _saliency_p, {"a": _W1, "b": _W2}, x, layers=["b"]),
+         (_normal(3, 6),), random=True),
 ]  # fmt: skip
 
 

@@ -21,6 +21,7 @@ def test_the_notebooks_exist():
         "03_benchmarks.ipynb",
         "04_model_libraries.ipynb",
         "05_gradient_maps.ipynb",
+        "06_metrics.ipynb",
     ]
 
 

@@ -16,6 +16,7 @@ from xai_jax.plotting import (
     benchmark_chart,
     contrastive_overlay,
     load_results,
+    perturbation_curves,
 )
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -277,3 +278,37 @@ def test_load_results(tmp_path):
 def test_benchmark_chart_bad_inputs(results):
     with pytest.raises(ValueError, match="`results`"):
         benchmark_chart(results)
+
+
+def test_perturbation_curves_from_metrics():
+    from xai_jax import deletion, insertion
+
+    f = lambda z: z.sum(1)
+    x = jnp.array([[3.0, 1.0, 2.0], [1.0, 1.0, 1.0]])
+    good, bad = deletion(f, x, x, n_steps=3), deletion(f, x, -x, n_steps=3)
+    ax = perturbation_curves({"good": good, "bad": bad.curve})
+    assert_nontrivial(render(ax))
+    assert len(ax.lines) == 2
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), np.asarray(good.curve).mean(0))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [
+        f"good (AUC {float(good.auc.mean()):.3f})",
+        f"bad (AUC {float(bad.auc.mean()):.3f})",
+    ]
+    ax = perturbation_curves({"ins": insertion(f, x, x, n_steps=3)}, kind="insertion", title="t")
+    assert ax.get_title() == "t" and "restored" in ax.get_xlabel()
+
+
+@pytest.mark.parametrize(
+    ("curves", "kwargs", "match"),
+    [
+        ({}, {}, "curves"),
+        ({"a": np.ones(3)}, {"kind": "rise"}, "kind"),
+        ({"a": np.ones(1)}, {}, "n_steps >= 1"),
+        ({"a": np.array([1.0, np.nan])}, {}, "NaN"),
+        ({"a": np.ones(3), "b": np.ones(4)}, {}, "same number of steps"),
+    ],
+)
+def test_perturbation_curves_bad_inputs(curves, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        perturbation_curves(curves, **kwargs)

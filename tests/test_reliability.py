@@ -28,6 +28,7 @@ import xai_jax
 from tests import test_conformance as conformance
 from xai_jax import (
     ContrastiveResult,
+    CurveResult,
     Explanation,
     ExplanationGenerator,
     IntegratedGradients,
@@ -37,15 +38,20 @@ from xai_jax import (
     aoexpgrad,
     bernoulli_perturbation,
     cem_loss,
+    completeness,
     contrastive_explanation,
+    deletion,
     elastic_net_fista,
     expected_gradients,
     exponential_kernel,
+    faithfulness_correlation,
     feature_ablation,
     feature_permutation,
     gaussian_perturbation,
     gradient_shap,
+    infidelity,
     input_x_gradient,
+    insertion,
     integrated_gradients,
     kernel_shap,
     layer_activation,
@@ -59,7 +65,9 @@ from xai_jax import (
     occlusion,
     pairwise_distances,
     quadrature,
+    randomisation_check,
     saliency,
+    sensitivity_max,
     shapley_kernel,
     shapley_value_sampling,
     shapley_values,
@@ -192,6 +200,22 @@ _gen = lambda **kw: ExplanationGenerator(**{"num_iter": 4, "save_freq": 2, **kw}
 _Y = _normal(3)
 _SEG = np.array([0, 0, 1, 1])
 _ONE_CLASS = lambda z: jnp.tanh(z).sum(1, keepdims=True)
+
+_infid = lambda a=X, **kw: infidelity(
+    K, _model, X, a, **{"target": T, "n_perturb_samples": 2, **kw}
+)
+_sens = lambda explain=_grad_fn, **kw: sensitivity_max(
+    K, explain, X, **{"n_perturb_samples": 2, **kw}
+)
+_del = lambda a=X, **kw: deletion(_model, X, a, **{"target": T, "n_steps": 3, **kw})
+_faith = lambda **kw: faithfulness_correlation(
+    K, _model, X, X, **{"target": T, "subset_size": 2, **kw}
+)
+_PARAMS = {"w": _W}
+_mprt = lambda explain=lambda p, z: z @ p["w"], **kw: randomisation_check(
+    K, explain, _PARAMS, X, **kw
+)
+_wrong_rows = lambda k, xs: (xs[:1], xs[:1])  # a perturbation without the repeated rows
 
 BAD = [
     # kernels
@@ -381,6 +405,35 @@ BAD = [
     Bad("Epsilon", "type", lambda: xai_jax.Epsilon(1.0, 2.0), TypeError, r"takes from 1 to 2 positional arguments"),
     Bad("Gamma", "type", lambda: xai_jax.Gamma(1.0, 2.0), TypeError, r"takes from 1 to 2 positional arguments"),
     Bad("ZPlus", "type", lambda: xai_jax.ZPlus(1.0), TypeError, r"takes 1 positional argument"),
+    # evaluation metrics
+    Bad("infidelity", "shape", lambda: _infid(a=X[:, :3]), ValueError, r"attributions must have the structure and shapes of x \(3, 4\)"),
+    Bad("infidelity", "shape", lambda: _infid(a={"a": X}), ValueError, r"attributions must have the structure and shapes of x"),
+    Bad("infidelity", "value", lambda: _infid(n_perturb_samples=0), ValueError, r"n_perturb_samples must be >= 1"),
+    Bad("infidelity", "shape", lambda: _infid(perturb=_wrong_rows), ValueError, r"perturb must return \(perturbation, perturbed_xs\) with the structure and shapes of xs \(6, 4\)"),
+    Bad("infidelity", "shape", lambda: _infid(perturb=lambda k, xs: xs), ValueError, r"perturb must return \(perturbation, perturbed_xs\)"),
+    Bad("infidelity", "target", lambda: _infid(target=3), ValueError, r"target out of range"),
+    Bad("infidelity", "value", lambda: _infid(stdev=-1.0), ValueError, r"stdev must be >= 0"),
+    Bad("sensitivity_max", "shape", lambda: _sens(explain=lambda z: _model(z)), ValueError, r"explain must return attributions with the structure and shapes of its input \(3, 4\), got \(3, 3\)"),
+    Bad("sensitivity_max", "shape", lambda: _sens(explain=lambda z: {"a": z}), ValueError, r"explain must return attributions with the structure and shapes of its input"),
+    Bad("sensitivity_max", "shape", lambda: _sens(perturb=lambda k, xs: xs[:, :2]), ValueError, r"perturb must return perturbed_xs with the structure and shapes of xs \(6, 4\)"),
+    Bad("sensitivity_max", "name", lambda: _sens(norm_ord="nuc"), ValueError, r"norm_ord='nuc' must be 'fro' or a positive order"),
+    Bad("sensitivity_max", "value", lambda: _sens(n_perturb_samples=0), ValueError, r"n_perturb_samples must be >= 1"),
+    Bad("deletion", "value", lambda: _del(n_steps=0), ValueError, r"n_steps must be >= 1"),
+    Bad("deletion", "shape", lambda: _del(a=X[:2]), ValueError, r"attributions must have the structure and shapes of x"),
+    Bad("deletion", "shape", lambda: _del(feature_mask=np.zeros(3, int)), ValueError, r"feature_mask of shape \(3,\) does not broadcast"),
+    Bad("insertion", "value", lambda: insertion(_model, X, X, target=T, n_steps=-2), ValueError, r"n_steps must be >= 1"),
+    Bad("insertion", "shape", lambda: insertion(_model, X, X[None], target=T), ValueError, r"attributions must have the structure and shapes of x"),
+    Bad("faithfulness_correlation", "value", lambda: _faith(subset_size=5), ValueError, r"subset_size=5 exceeds the number of features \(groups\) 4"),
+    Bad("faithfulness_correlation", "value", lambda: _faith(subset_size=3, feature_mask=np.array([0, 0, 1, 1])), ValueError, r"subset_size=3 exceeds the number of features \(groups\) 2"),
+    Bad("faithfulness_correlation", "value", lambda: _faith(n_subsets=1), ValueError, r"n_subsets must be >= 2"),
+    Bad("faithfulness_correlation", "type", lambda: _faith(subset_size=None), TypeError, r"subset_size must be an int"),
+    Bad("completeness", "shape", lambda: completeness(_model, X, X[:, :2], target=T), ValueError, r"attributions must have the structure and shapes of x"),
+    Bad("completeness", "shape", lambda: completeness(_model, X, X, _normal(2, 4), target=T), ValueError, r"baselines must be a scalar or of shape"),
+    Bad("randomisation_check", "name", lambda: _mprt(layers=["conv"]), ValueError, r"layers \['conv'\] are not keys of params \['w'\]"),
+    Bad("randomisation_check", "name", lambda: _mprt(similarity="ssim"), ValueError, r"similarity='ssim' is not one of \('spearman', 'pearson', 'cosine'\)"),
+    Bad("randomisation_check", "shape", lambda: _mprt(explain=lambda p, z: (z @ p["w"]).sum()), ValueError, r"explain must return one map per example \(leading axis 3\)"),
+    Bad("randomisation_check", "type", lambda: randomisation_check(K, lambda p, z: z, [_W], X), ValueError, r"params must be a non-empty dict of layers"),
+    Bad("CurveResult", "shape", lambda: CurveResult(X), TypeError, r"missing 1 required positional argument: 'auc'"),
     # contrastive explanations and optimizers
     Bad("cem_loss", "name", lambda: cem_loss("PQ", _model, X[0]), ValueError, r"mode='PQ' is not one of \('PN', 'PP'\)"),
     Bad("cem_loss", "shape", lambda: cem_loss("PN", _ONE_CLASS, X[0]), ValueError, r"predict_fn must be a classifier returning \[batch, classes >= 2\]"),

@@ -4,12 +4,13 @@ Two readings of one kind of argument, on one id check (`_check_ids`: integer dty
 ids >= 0, the same messages everywhere): lime's image segments (superpixels: labels `0..n-1`
 over an instance's leading axes, traced allowed with `num_segments`) by `check_segments`, and
 Captum's `feature_mask` (ids broadcastable to the input, per example or shared, gaps allowed and
-relabelled, concrete) of the ablation, permutation and Shapley methods and the metrics by
-`as_feature_mask`.
+relabelled, concrete) by `as_feature_mask` per leaf and `as_feature_groups` over the leaves of
+a pytree input (the ablation, permutation and Shapley methods' and the metrics' one parser).
 """
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -91,3 +92,27 @@ def as_feature_mask(feature_mask, x, name: str = "feature_mask", *, shared: bool
     mask = np.broadcast_to(mask, (mask.shape[0], *inner))
     ids, labels = np.unique(mask, return_inverse=True)
     return labels.reshape(mask.shape).astype(np.int32), int(ids.size)
+
+
+def as_feature_groups(feature_mask, x, *, shared: bool = False):
+    """`(labels, num_groups)`: global group ids over the leaves of a pytree `x` (each leaf its
+    own groups, numbered after the previous leaf's), each leaf's mask parsed by
+    `as_feature_mask`; `feature_mask` is None, one mask (array `x`) or a pytree like `x`."""
+    leaves, treedef = jax.tree.flatten(x)
+    if feature_mask is None:
+        masks = [None] * len(leaves)
+    elif treedef.num_nodes == 1:
+        masks = [feature_mask]
+    else:
+        if jax.tree.structure(feature_mask) != treedef:
+            raise ValueError(
+                f"feature_mask must be None or have the structure of x ({treedef}), got "
+                f"{jax.tree.structure(feature_mask)}"
+            )
+        masks = jax.tree.leaves(feature_mask)
+    labels, offset = [], 0
+    for leaf, mask in zip(leaves, masks, strict=True):
+        lab, count = as_feature_mask(mask, leaf, shared=shared)
+        labels.append(lab + np.int32(offset))
+        offset += count
+    return jax.tree.unflatten(treedef, labels), offset

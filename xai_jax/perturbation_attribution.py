@@ -30,7 +30,7 @@ from jaxtyping import Array, Float, PyTree
 from xai_jax import _chunks
 from xai_jax._blackbox import as_model, mark_invalid, model_output, selected
 from xai_jax._checks import as_key, as_row_keys, check_bool, check_positive_int
-from xai_jax._features import as_feature_mask
+from xai_jax._features import as_feature_groups
 from xai_jax._inputs import as_background, as_baselines, as_forward_kwargs, as_inputs, as_target
 
 __all__ = [
@@ -241,28 +241,6 @@ def _is_scalar_tree(value) -> bool:
     return np.ndim(value) == 0 if not isinstance(value, dict | list | tuple) else False
 
 
-def _groups(feature_mask, x, *, shared: bool = False):
-    """Global group ids over the leaves of `x` (each leaf its own groups): `(labels, d)`."""
-    leaves, treedef = jax.tree.flatten(x)
-    if feature_mask is None:
-        masks = [None] * len(leaves)
-    elif treedef.num_nodes == 1:
-        masks = [feature_mask]
-    else:
-        if jax.tree.structure(feature_mask) != treedef:
-            raise ValueError(
-                f"feature_mask must be None or have the structure of x ({treedef}), got "
-                f"{jax.tree.structure(feature_mask)}"
-            )
-        masks = jax.tree.leaves(feature_mask)
-    labels, offset = [], 0
-    for leaf, mask in zip(leaves, masks, strict=True):
-        lab, count = as_feature_mask(mask, leaf, shared=shared)
-        labels.append(lab + np.int32(offset))
-        offset += count
-    return jax.tree.unflatten(treedef, labels), offset
-
-
 def _setup(fn, x, target, forward_kwargs, rows_per_example: int, batch_size):
     inputs = as_inputs(x)
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
@@ -322,7 +300,7 @@ def feature_ablation(
         Array([[2., 2., 3.]], dtype=float32)
     """
     inputs, kwargs, model, t = _setup(fn, x, target, forward_kwargs, 1024, batch_size)
-    labels, g = _groups(feature_mask, inputs.x)
+    labels, g = as_feature_groups(feature_mask, inputs.x)
     base, _, _ = _references(baselines, inputs.x, inputs.batch, False)
     config = _Config(
         model, "groups", inputs.x, base, "example", 1, g + 1, labels, kwargs, t.index, num_groups=g
@@ -517,7 +495,7 @@ def shapley_values(
         Array([[0.5, 0.5, 1. ]], dtype=float32)
     """
     inputs, _, model, t = _setup(fn, x, target, None, 1024, batch_size)
-    labels, d = _groups(feature_mask, inputs.x)
+    labels, d = as_feature_groups(feature_mask, inputs.x)
     if d > MAX_EXACT_FEATURES:
         raise ValueError(
             f"shapley_values is exact over 2**d coalitions and takes at most "
@@ -586,7 +564,7 @@ def shapley_value_sampling(
     antithetic = check_bool("antithetic", antithetic)
     inputs, _, model, t = _setup(fn, x, target, None, 1024, batch_size)
     keys = as_row_keys(key, inputs.batch)
-    labels, d = _groups(feature_mask, inputs.x)
+    labels, d = as_feature_groups(feature_mask, inputs.x)
     base, mode, nb = _references(baselines, inputs.x, inputs.batch, True)
     ranks = _chunks.call(_orders, _Orders(d, n_samples, antithetic), keys)
     config = _Config(
@@ -645,7 +623,7 @@ def feature_permutation(
     b = inputs.batch
     if b < 2:
         raise ValueError(f"x must have at least 2 examples to permute across, got {b}")
-    labels, g = _groups(feature_mask, inputs.x, shared=True)
+    labels, g = as_feature_groups(feature_mask, inputs.x, shared=True)
     identity = jnp.arange(b, dtype=jnp.int32)
 
     def draw(k):

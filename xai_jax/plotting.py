@@ -12,7 +12,8 @@ Inputs may be NumPy or JAX arrays (anything `np.asarray` accepts):
   over the image it explains;
 - `attribution_bars`: the largest coefficients of a LIME / KernelSHAP explanation;
 - `contrastive_overlay`: a CEM pertinent positive and / or negative over the input;
-- `benchmark_chart` and `load_results`: the speed-ups written to `benchmarks/results/*.json`.
+- `benchmark_chart` and `load_results`: the speed-ups written to `benchmarks/results/*.json`;
+- `perturbation_curves`: deletion / insertion curves (`xai_jax.metrics`) of several methods.
 """
 
 import json
@@ -35,6 +36,7 @@ __all__ = [
     "contrastive_overlay",
     "benchmark_chart",
     "load_results",
+    "perturbation_curves",
 ]
 
 POSITIVE_COLOR = "#d62728"  # red: evidence for the explained output
@@ -455,4 +457,71 @@ def benchmark_chart(results: Any, ax: Axes | None = None, *, title: str | None =
     ax.legend(handles=handles, loc="lower right", fontsize="small")
     if title is not None:
         ax.set_title(title)
+    return ax
+
+
+def perturbation_curves(
+    curves: Mapping[str, Any],
+    ax: Axes | None = None,
+    *,
+    kind: str = "deletion",
+    title: str | None = None,
+) -> Axes:
+    """Deletion or insertion curves of several attribution methods, one line each.
+
+    Each value is a `CurveResult` of `xai_jax.deletion` / `insertion` or its `curve` array
+    `[batch, n_steps + 1]` (or one curve `[n_steps + 1]`); the line is the mean over the batch
+    against the fraction of feature groups removed (deletion) or restored (insertion), and the
+    legend gives each method's mean area under the curve (trapezoid rule over [0, 1]; lower is
+    better for deletion, higher for insertion).
+
+    Args:
+        curves: `{method name: CurveResult or curve array}`, in legend order.
+        ax: axes to draw on; a new figure's when None.
+        kind: `"deletion"` or `"insertion"` (the axis label).
+        title: axes title (default: the kind).
+
+    Returns:
+        The axes drawn on; one `Line2D` per method in `ax.lines`, in the order of `curves`.
+
+    Raises:
+        ValueError: no curves, an empty or non-finite curve, curves of different lengths, or an
+            unknown `kind`.
+
+    Example:
+        >>> import io
+        >>> ax = perturbation_curves({"a": np.array([[1.0, 0.5, 0.0]]), "b": np.ones(3)})
+        >>> [t.get_text() for t in ax.get_legend().get_texts()]
+        ['a (AUC 0.500)', 'b (AUC 1.000)']
+        >>> ax.figure.savefig(io.BytesIO(), format="png")
+    """
+    if kind not in ("deletion", "insertion"):
+        raise ValueError(f"`kind` must be 'deletion' or 'insertion', got {kind!r}")
+    if not isinstance(curves, Mapping) or not curves:
+        raise ValueError("`curves` must be a non-empty mapping of method name to curve")
+    means = {}
+    for name, value in curves.items():
+        c = np.asarray(getattr(value, "curve", value), dtype=float)
+        c = c[None] if c.ndim == 1 else c
+        if c.ndim != 2 or c.shape[1] < 2 or c.shape[0] == 0:
+            raise ValueError(
+                f"curve {name!r} must be [batch, n_steps + 1] with n_steps >= 1, got {c.shape}"
+            )
+        if not np.isfinite(c).all():
+            raise ValueError(f"curve {name!r} has NaN or inf values")
+        means[str(name)] = c.mean(axis=0)
+    lengths = {m.size for m in means.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"every curve must have the same number of steps, got {sorted(lengths)}")
+    if ax is None:
+        ax = _new_axes((6.0, 4.0))
+    for name, m in means.items():
+        frac = np.linspace(0.0, 1.0, m.size)
+        auc = float(np.sum((m[1:] + m[:-1]) / 2) / (m.size - 1))
+        ax.plot(frac, m, marker="." if m.size <= 30 else None, label=f"{name} (AUC {auc:.3f})")
+    ax.set_xlabel(f"fraction of features {'removed' if kind == 'deletion' else 'restored'}")
+    ax.set_ylabel("target output")
+    ax.set_xlim(0.0, 1.0)
+    ax.legend()
+    ax.set_title(kind if title is None else title)
     return ax

@@ -25,9 +25,10 @@ from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PyTree
 
 from xai_jax import _chunks, _paths, _propagation
-from xai_jax._blackbox import mark_invalid, model_output, rows_output, selected
+from xai_jax._blackbox import mark_invalid, model_output, selected
 from xai_jax._checks import check_bool, check_choice, check_finite, check_positive
 from xai_jax._inputs import as_background, as_forward_kwargs, as_inputs, as_target
+from xai_jax._layer_split import checked_split
 
 __all__ = [
     "Epsilon",
@@ -388,17 +389,6 @@ def _run(spec, fn, x, ref, kwargs, index, valid, hyper, layer_fn=None):
     return (attr, delta) if spec.delta else attr
 
 
-def _floating_inputs(x, name: str = "x"):
-    for leaf in jax.tree.leaves(x):
-        dtype = jnp.asarray(leaf).dtype if not hasattr(leaf, "dtype") else leaf.dtype
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(
-                f"{name} must hold floating arrays (attributions are gradients), got dtype "
-                f"{dtype}: convert it, e.g. jnp.asarray({name}, jnp.float32)"
-            )
-    return as_inputs(x, name)
-
-
 def _rows(v, n: int):
     return jnp.repeat(v, n, axis=0)
 
@@ -432,7 +422,8 @@ def guided_backprop(
 
     Args:
         fn: model mapping a batch (an array or the pytree `x`) to outputs `[batch, ...]`.
-        x: floating inputs with a leading batch axis (array or pytree).
+        x: inputs with a leading batch axis (integers promoted to the default float, as
+            everywhere in the package; an array or a pytree).
         target: which output, as in `integrated_gradients`.
         forward_kwargs: per-example arrays passed to `fn` as keyword arguments.
 
@@ -440,7 +431,7 @@ def guided_backprop(
         Attributions shaped like `x`.
 
     Raises:
-        TypeError: integer `x`, non-integer `target`.
+        TypeError: a non-integer `target`.
         ValueError: target or `forward_kwargs` errors as in `integrated_gradients`.
 
     Example:
@@ -469,7 +460,8 @@ def deconvolution(
 
     Args:
         fn: model mapping a batch to outputs `[batch, ...]`.
-        x: floating inputs with a leading batch axis (array or pytree).
+        x: inputs with a leading batch axis (integers promoted to the default float, as
+            everywhere in the package; an array or a pytree).
         target: which output, as in `integrated_gradients`.
         forward_kwargs: per-example arrays passed to `fn` as keyword arguments.
 
@@ -477,7 +469,7 @@ def deconvolution(
         Attributions shaped like `x`.
 
     Raises:
-        TypeError: integer `x`, non-integer `target`.
+        TypeError: a non-integer `target`.
         ValueError: target or `forward_kwargs` errors as in `integrated_gradients`.
 
     Example:
@@ -493,7 +485,7 @@ def deconvolution(
 
 
 def _gradient_method(method, fn, x, target, forward_kwargs):
-    inputs = _floating_inputs(x)
+    inputs = as_inputs(x)
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
     t = as_target(target, model_output(fn, inputs.x, kwargs), inputs.batch)
     return _run(_Spec(method), fn, inputs.x, None, kwargs, t.index, t.valid, {})
@@ -526,7 +518,8 @@ def deeplift(
 
     Args:
         fn: model mapping a batch to outputs `[batch, ...]`.
-        x: floating inputs with a leading batch axis (array or pytree).
+        x: inputs with a leading batch axis (integers promoted to the default float, as
+            everywhere in the package; an array or a pytree).
         baselines: None (zeros), a scalar, or `x`'s structure with `[1, ...]` or full leaves.
         target: which output, as in `integrated_gradients`.
         multiply_by_inputs: return `(x - x0) * m` (True, Captum's default) or `m`.
@@ -538,7 +531,7 @@ def deeplift(
         Attributions shaped like `x`, or `(attributions, delta [batch])`.
 
     Raises:
-        TypeError: integer `x`, non-integer `target`.
+        TypeError: a non-integer `target`.
         ValueError: `baselines` not shaped like `x`, a primitive DeepLift has no rule for
             (naming it), target and `forward_kwargs` errors as in `integrated_gradients`.
 
@@ -557,7 +550,7 @@ def deeplift(
     delta = check_bool("return_convergence_delta", return_convergence_delta)
     check_positive("eps", eps, allow_zero=True)
     check_finite("eps", eps)
-    inputs = _floating_inputs(x)
+    inputs = as_inputs(x)
     ops = _paths.operands(fn, inputs, baselines, target, forward_kwargs)
     return _deeplift(
         fn, ops.x, ops.baselines, ops.kwargs, ops.index, ops.valid, eps, by_inputs, delta
@@ -595,7 +588,8 @@ def deeplift_shap(
 
     Args:
         fn: model mapping a batch to outputs `[batch, ...]`.
-        x: floating inputs with a leading batch axis (array or pytree).
+        x: inputs with a leading batch axis (integers promoted to the default float, as
+            everywhere in the package; an array or a pytree).
         baselines: `x`'s structure with leaves `[n_baselines, ...]` (at least one row).
         target: which output, as in `integrated_gradients`.
         multiply_by_inputs: as in `deeplift`.
@@ -609,7 +603,7 @@ def deeplift_shap(
         Attributions shaped like `x`, or `(attributions, delta [batch, n_baselines])`.
 
     Raises:
-        TypeError: integer `x`, non-integer `target`.
+        TypeError: a non-integer `target`.
         ValueError: `baselines` without rows or not shaped like `x`'s rows, and as `deeplift`.
 
     Example:
@@ -623,7 +617,7 @@ def deeplift_shap(
     delta = check_bool("return_convergence_delta", return_convergence_delta)
     check_positive("eps", eps, allow_zero=True)
     check_finite("eps", eps)
-    inputs = _floating_inputs(x)
+    inputs = as_inputs(x)
     background = as_background(baselines, inputs.x, "baselines")
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
     t = as_target(target, model_output(fn, inputs.x, kwargs), inputs.batch)
@@ -673,7 +667,8 @@ def layer_deeplift(
     Args:
         layer_fn: the model up to the layer: `x -> h` (one row per row of `x`).
         head_fn: the rest: `h -> outputs [batch, ...]`.
-        x: floating inputs with a leading batch axis.
+        x: inputs with a leading batch axis (integers promoted to the default float, as
+            everywhere in the package).
         baselines: as in `deeplift`.
         target: which output, as in `integrated_gradients`.
         multiply_by_inputs: as in `deeplift` (False: the multipliers).
@@ -685,7 +680,7 @@ def layer_deeplift(
         Attributions shaped like the layer's output, or `(attributions, delta [batch])`.
 
     Raises:
-        TypeError: integer `x`, non-integer `target`.
+        TypeError: a non-integer `target`.
         ValueError: a `layer_fn` that does not keep one row per row, a `head_fn` that does not
             take the layer's output, and as `deeplift`.
 
@@ -701,28 +696,14 @@ def layer_deeplift(
     delta = check_bool("return_convergence_delta", return_convergence_delta)
     check_positive("eps", eps, allow_zero=True)
     check_finite("eps", eps)
-    inputs = _floating_inputs(x)
+    inputs = as_inputs(x)
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
-    model = _composed(layer_fn, head_fn, inputs.x, kwargs)
+    model, _ = checked_split(layer_fn, head_fn, inputs.x, kwargs)
     ops = _paths.operands(model, inputs, baselines, target, kwargs)
     return _deeplift(
         head_fn, ops.x, ops.baselines, kwargs, ops.index, ops.valid, eps, by_inputs, delta,
         layer=layer_fn,
     )  # fmt: skip
-
-
-def _composed(layer_fn, head_fn, x, kwargs):
-    """`head_fn(layer_fn(.))`, both checked: the layer keeps one row per row of `x`, the head
-    takes the layer's output to one floating row per row."""
-    layer = rows_output(layer_fn, x, kwargs, "layer_fn")
-    try:
-        model_output(head_fn, layer, kwargs, "head_fn")
-    except (TypeError, ValueError) as error:
-        raise ValueError(
-            f"head_fn does not compose with layer_fn (layer_fn(x) has shapes "
-            f"{jax.tree.map(lambda v: v.shape, layer)}): {error}"
-        ) from None
-    return _paths.Composed(layer_fn, head_fn)
 
 
 def lrp(
@@ -754,7 +735,8 @@ def lrp(
 
     Args:
         fn: model mapping a batch to outputs `[batch, ...]`.
-        x: floating inputs with a leading batch axis (array or pytree).
+        x: inputs with a leading batch axis (integers promoted to the default float, as
+            everywhere in the package; an array or a pytree).
         target: which output, as in `integrated_gradients`.
         rule: `epsilon`, `gamma`, `z_plus`, or a mapping `{primitive name: rule}`.
         epsilon: the stabiliser of every layer's denominator.
@@ -768,7 +750,7 @@ def lrp(
     Raises:
         ValueError: an unknown `rule` (listing the valid ones), a primitive with no rule that
             is not linear (naming it), target errors as in `integrated_gradients`.
-        TypeError: integer `x`, a `rule` mapping of the wrong kind.
+        TypeError: a `rule` mapping of the wrong kind.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -786,7 +768,7 @@ def lrp(
     for name, value in (("epsilon", epsilon), ("gamma", gamma)):
         check_positive(name, value, allow_zero=True)
         check_finite(name, value)
-    inputs = _floating_inputs(x)
+    inputs = as_inputs(x)
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
     t = as_target(target, model_output(fn, inputs.x, kwargs), inputs.batch)
     dtype = jax.tree.leaves(inputs.x)[0].dtype
@@ -820,7 +802,8 @@ def propagation_gradient(
 
     Args:
         fn: model mapping a batch to outputs `[batch, ...]`.
-        x: floating inputs with a leading batch axis (array or pytree).
+        x: inputs with a leading batch axis (integers promoted to the default float, as
+            everywhere in the package; an array or a pytree).
         rules: `{primitive name: rule object}`.
         target: which output, as in `integrated_gradients`.
         forward_kwargs: per-example arrays passed to `fn` as keyword arguments.
@@ -830,7 +813,7 @@ def propagation_gradient(
         The modified gradient, shaped like `x`.
 
     Raises:
-        TypeError: `rules` not a mapping of names to rule objects, integer `x`.
+        TypeError: `rules` not a mapping of names to rule objects.
         ValueError: a primitive with no rule that is not linear, target errors.
 
     Example:
@@ -851,7 +834,7 @@ def propagation_gradient(
     if not isinstance(rules, Mapping):
         raise TypeError(f"rules must be a mapping of primitive names to rules, got {rules!r}")
     pairs = _as_lrp_rules(dict(rules))
-    inputs = _floating_inputs(x)
+    inputs = as_inputs(x)
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
     t = as_target(target, model_output(fn, inputs.x, kwargs), inputs.batch)
     hyper = {k: jnp.asarray(v) for k, v in hyper.items()}

@@ -35,6 +35,7 @@ from xai_jax import (
     feature_permutation,
     gaussian_perturbation,
     gradient_shap,
+    guided_gradcam,
     infidelity,
     input_x_gradient,
     insertion,
@@ -129,6 +130,14 @@ def _spatial_layer(x):  # [N, 6] -> [N, 3, 2, 5]: an NHWC layer for Grad-CAM
 
 def _spatial_head(h):
     return jax.nn.softmax(jnp.tanh(h.mean(axis=(1, 2))) @ _W2)
+
+
+def _cam_layer(x):  # [N, 3, 2] -> [N, 3, 5]: width and channels, for guided Grad-CAM
+    return jax.nn.relu(x @ _W1[:2])
+
+
+def _cam_head(h):
+    return jax.nn.softmax(jnp.tanh(h.mean(axis=1)) @ _W2)
 
 
 def _distance(v):  # a loss for contrastive_explanation
@@ -384,6 +393,9 @@ CASES += [
          lambda k, x: xai_jax.propagation_gradient(_relu_mlp, x, {"dot_general": xai_jax.Epsilon()},
                                                    target=_T, epsilon=1e-6),
          (_normal(3, 6),)),
+    Case("guided_gradcam", guided_gradcam,
+         lambda k, x: guided_gradcam(_cam_layer, _cam_head, x, target=_T),
+         (_normal(3, 3, 2),)),
 ]  # fmt: skip
 
 RANDOM = [c for c in CASES if c.random]

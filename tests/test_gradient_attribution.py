@@ -3,6 +3,7 @@ draws and delta, Grad-CAM layouts, torch's nearest upsampling, the noise tunnel 
 map, and gradients of the maps with respect to the model's parameters."""
 
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -13,6 +14,7 @@ import pytest
 from xai_jax import (
     expected_gradients,
     gradient_shap,
+    guided_gradcam,
     input_x_gradient,
     layer_activation,
     layer_gradcam,
@@ -100,6 +102,8 @@ def _ours(d) -> dict:
         *models["cnn"], x, target=t, channel_axis=1, relu_attributions=True
     )
     out["cnn_gradcam_up"] = nearest(out["cnn_gradcam_relu"], (12, 12), (2, 3))
+    out["cnn_ggc_conv"] = guided_gradcam(*models["cnn_conv"], x, target=t, channel_axis=1)
+    out["cnn_ggc_relu"] = guided_gradcam(*models["cnn"], x, target=t, channel_axis=1)
     for key in [k for k in d if k.startswith("up_") and not k.endswith("_x")]:
         out[key] = nearest(jnp.asarray(d[f"{key}_x"]), d[key].shape[2:], (2, 3))
     return out
@@ -135,7 +139,9 @@ def test_matches_captum_live():
         import make_gradient_fixtures
     finally:
         sys.path.pop(0)
-    live = make_gradient_fixtures.build()
+    with warnings.catch_warnings():  # GuidedGradCam announces its ReLU hooks
+        warnings.filterwarnings("ignore", "Setting backward hooks on ReLU", UserWarning)
+        live = make_gradient_fixtures.build()
     assert (make_gradient_fixtures.GS_SEED, make_gradient_fixtures.GS_SAMPLES) == (
         GS_SEED,
         GS_SAMPLES,

@@ -49,6 +49,7 @@ from xai_jax import (
     feature_permutation,
     gaussian_perturbation,
     gradient_shap,
+    guided_gradcam,
     infidelity,
     input_x_gradient,
     insertion,
@@ -182,6 +183,9 @@ _lgxa = lambda x=X, **kw: layer_gradient_x_activation(_layer, _head, x, **{"targ
 _spatial = lambda z: _layer(z)[:, :, None, None]  # [n, 5, 1, 1]: channels first
 _cam = lambda x=X, **kw: layer_gradcam(
     _spatial, lambda h: _head(h[:, :, 0, 0]), x, **{"target": T, **kw}
+)
+_ggc = lambda x=X[:, :, None, None], **kw: guided_gradcam(
+    lambda z: _spatial(z[:, :, 0, 0]), lambda h: _head(h[:, :, 0, 0]), x, **{"target": T, **kw}
 )
 _lime = lambda x=X, **kw: lime(K, _model, x, **{"num_samples": 16, "target": T, **kw})
 _shap = lambda x=X, bg=BG, **kw: kernel_shap(
@@ -333,6 +337,10 @@ BAD = [
     Bad("layer_gradcam", "value", lambda: _cam(channel_axis=0), ValueError, r"channel_axis=0 is out of range"),
     Bad("layer_gradcam", "value", lambda: _cam(channel_axis=-4), ValueError, r"channel_axis=-4 is out of range"),
     Bad("layer_gradcam", "type", lambda: _cam(channel_axis=1.0), TypeError, r"channel_axis must be an int"),
+    Bad("guided_gradcam", "name", lambda: _ggc(interpolate_mode="bilinear"), ValueError, r"interpolate_mode='bilinear' is not one of \('nearest',\)"),
+    Bad("guided_gradcam", "rank", lambda: guided_gradcam(lambda z: _spatial(z[..., 0]), lambda h: _head(h[:, :, 0, 0]), X[:, :, None], target=T), ValueError, r"guided_gradcam needs x with the layer's layout: x has shape \(3, 4, 1\), layer_fn\(x\) \(3, 5, 1, 1\)"),
+    Bad("guided_gradcam", "shape", lambda: _ggc(x={"a": X}), ValueError, r"guided_gradcam takes one input array x"),
+    Bad("guided_gradcam", "value", lambda: _ggc(channel_axis=0), ValueError, r"channel_axis=0 is out of range"),
     Bad("layer_gradcam", "type", lambda: _cam(relu_attributions=1), TypeError, r"relu_attributions must be a bool"),
     Bad("layer_gradcam", "type", lambda: layer_gradcam(lambda z: (_layer(z), _layer(z)), lambda h: _head(h[0]), X, target=T), TypeError, r"layer_fn must return one array for layer_gradcam"),
     Bad("layer_gradcam", "shape", lambda: layer_gradcam(_spatial, _model, X, target=T), ValueError, r"layer_fn and head_fn do not compose"),

@@ -10,6 +10,7 @@ from xai_jax.distances import pairwise_distances
 from xai_jax.estimators import numerical_gradient, urv_gradient
 from xai_jax.gradient_attribution import (
     gradient_shap,
+    guided_gradcam,
     input_x_gradient,
     layer_activation,
     layer_gradcam,
@@ -95,6 +96,7 @@ __all__ = [
     "feature_permutation",
     "gaussian_perturbation",
     "gradient_shap",
+    "guided_gradcam",
     "guided_backprop",
     "infidelity",
     "input_x_gradient",

@@ -1,5 +1,5 @@
 """Gradient maps: saliency, input times gradient, GradientSHAP, and the layer maps Grad-CAM,
-layer activation and layer gradient times activation.
+guided Grad-CAM, layer activation and layer gradient times activation.
 
 Each is one gradient of the target output (one backward pass over the batch; GradientSHAP one
 over its `n_samples * batch` random points), compiled and cached when called eagerly, inlined
@@ -19,14 +19,23 @@ import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PyTree
 
-from xai_jax import _chunks, _paths
-from xai_jax._blackbox import mark_invalid, model_output, selected
-from xai_jax._checks import as_key, check_bool, check_finite, check_positive, check_positive_int
+from xai_jax import _chunks, _paths, _upsample
+from xai_jax._blackbox import mark_invalid, model_output, selected, shape_of
+from xai_jax._checks import (
+    as_key,
+    check_bool,
+    check_choice,
+    check_finite,
+    check_positive,
+    check_positive_int,
+)
 from xai_jax._inputs import as_background, as_forward_kwargs, as_inputs, as_target
 from xai_jax._layer_split import checked_split
+from xai_jax.propagation import guided_backprop
 
 __all__ = [
     "gradient_shap",
+    "guided_gradcam",
     "input_x_gradient",
     "layer_activation",
     "layer_gradcam",
@@ -480,3 +489,88 @@ def layer_gradcam(
         )
     config = _LayerConfig(layer_fn, head_fn, "gradcam", axis % layer.ndim, relu)
     return _chunks.call(_layer_map, config, ops)
+
+
+_INTERPOLATE_MODES = ("nearest",)
+
+
+def guided_gradcam(
+    layer_fn: Callable[..., ArrayLike],
+    head_fn: Callable[..., ArrayLike],
+    x: ArrayLike,
+    *,
+    target: ArrayLike | None = None,
+    channel_axis: int = -1,
+    interpolate_mode: str = "nearest",
+    forward_kwargs: Mapping[str, ArrayLike] | None = None,
+) -> Float[Array, " batch ..."]:
+    """Guided Grad-CAM: Captum's `GuidedGradCam`.
+
+    `guided_backprop(F, x) * up(layer_gradcam(..., relu_attributions=True))` with
+    `F = head_fn(layer_fn(.))`: the Grad-CAM map of the layer (ReLU-ed, as Captum), upsampled
+    to the input's spatial size by torch's nearest rule (Captum's
+    `LayerAttribution.interpolate`) and broadcast over the input's channel axis, times the
+    guided-backpropagation map of the whole model (its ReLU rule found in the jaxpr, so
+    functional activations count too). The input has the layer's layout: `channel_axis`
+    names the channel axis of both (`1` for NCHW, Captum's numbers; `-1` for NHWC).
+
+    Args:
+        layer_fn: input batch to the layer's activations: one array with spatial axes.
+        head_fn: layer activations to the model's outputs.
+        x: one input array `[batch, ...]` of the layer's rank (Captum's tuple inputs are not
+            taken: the map is upsampled to this array's spatial axes).
+        target: which output, as in `integrated_gradients`.
+        channel_axis: the channel axis of the layer and the input (static, not the batch).
+        interpolate_mode: `"nearest"` (Captum's default; its bilinear modes are not offered).
+        forward_kwargs: per-example arrays passed to both functions as keyword arguments.
+
+    Returns:
+        The map, shaped like `x`.
+
+    Raises:
+        ValueError: an unknown `interpolate_mode`, an `x` that is a pytree or not of the
+            layer's rank, and every error of `layer_gradcam`.
+        TypeError: as `layer_gradcam`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from xai_jax import guided_gradcam
+        >>> layer_fn = lambda x: jax.nn.relu(x)  # [batch, W, C] with W = 2, C = 1
+        >>> head_fn = lambda h: 3.0 * h.sum(axis=(1, 2))[:, None]
+        >>> guided_gradcam(layer_fn, head_fn, jnp.array([[[1.0], [-2.0]]]), target=0)[..., 0]
+        Array([[9., 0.]], dtype=float32)
+    """
+    mode = check_choice("interpolate_mode", interpolate_mode, _INTERPOLATE_MODES)
+    if jax.tree.structure(x).num_nodes != 1:
+        raise ValueError(
+            "guided_gradcam takes one input array x (the map is upsampled to its spatial "
+            f"axes), got a pytree {jax.tree.structure(x)}"
+        )
+    inputs = as_inputs(x)
+    layer = shape_of(layer_fn, inputs.x, as_forward_kwargs(forward_kwargs, inputs.batch))
+    if isinstance(layer, jax.ShapeDtypeStruct) and layer.ndim != inputs.x.ndim:
+        raise ValueError(
+            f"guided_gradcam needs x with the layer's layout: x has shape {inputs.x.shape}, "
+            f"layer_fn(x) {layer.shape} (the same rank, channel_axis={channel_axis} in both)"
+        )
+    cam = layer_gradcam(
+        layer_fn, head_fn, inputs.x, target=target, relu_attributions=True,
+        channel_axis=channel_axis, forward_kwargs=forward_kwargs,
+    )  # fmt: skip
+    guided = guided_backprop(
+        _paths.Composed(layer_fn, head_fn), inputs.x, target=target,
+        forward_kwargs=forward_kwargs,
+    )  # fmt: skip
+    return _chunks.call(_guided_finish, _Upsample(channel_axis % cam.ndim, mode), (guided, cam))
+
+
+class _Upsample(NamedTuple):
+    channel_axis: int
+    mode: str
+
+
+def _guided_finish(config: _Upsample, operands) -> jax.Array:
+    guided, cam = operands
+    spatial = [a for a in range(1, cam.ndim) if a != config.channel_axis]
+    up = _upsample.nearest(cam, [guided.shape[a] for a in spatial], spatial)
+    return guided * up

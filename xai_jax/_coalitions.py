@@ -505,7 +505,8 @@ def bootstrap_multipliers(
 
     def replicate(k):
         u = jax.random.uniform(k, (num_rows,))
-        pick = order[offsets[of_draw] + jnp.minimum((u * size).astype(jnp.int32), size - 1)]
+        step = (u * size.astype(u.dtype)).astype(jnp.int32)
+        pick = order[offsets[of_draw] + jnp.minimum(step, size - 1)]
         times = (
             jnp.zeros(num_rows, jnp.float32)
             .at[jnp.where(present, pick, num_rows)]

@@ -238,8 +238,8 @@ def kernel_shap(
     batch_size: int | None = None,
     sampler: str | Callable = "shap",
     return_stderr: bool = False,
-    rtol: float | None = None,
-    atol: float | None = None,
+    rtol: ArrayLike | None = None,
+    atol: ArrayLike | None = None,
     max_samples: int = _MAX_SAMPLES,
     progress: bool | None = None,
 ) -> Float[Array, "n d"] | tuple[Float[Array, "n d"], Float[Array, "n d"]]:

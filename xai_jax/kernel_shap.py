@@ -283,7 +283,8 @@ def kernel_shap(
     mean of their normal equations: one regression on all of their rows) and stops when every
     instance has `stderr <= atol + rtol * max_j |phi_j|` for all features, or after
     `max_samples // 512` rounds. One compiled round serves every round; eagerly the rounds are
-    a host loop (with a tqdm bar when `progress`), under `jit` a `lax.while_loop`.
+    a host loop (with a tqdm bar when `progress`), under `jit` a `lax.while_loop` (which
+    `jax.grad` cannot differentiate in reverse mode; a fixed `num_samples` can).
 
     The model is called on `[rows, d]` batches of coalition-by-background rows (all of a chunk
     of instances at once, or pieces of ~262k rows in a `lax.map` when one instance has more);

@@ -274,7 +274,7 @@ def kernel_shap(
     Standard errors (`return_stderr=True`): the standard deviation of the estimate over 100
     bootstrap replicates of the random draws (a coalition and its complement resampled
     together, within the sampler's strata; enumerated coalitions kept), from the key
-    `jax.random.fold_in(row_key, 1)`. They are exactly 0 when everything is enumerated.
+    `jax.random.fold_in(row_key, 1)`. They are 0 (to float round-off) when everything is enumerated.
     Drawing without replacement makes them slightly conservative where a size is sampled
     nearly whole.
 

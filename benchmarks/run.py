@@ -36,9 +36,14 @@ BENCHMARKS = {
     "front_ends": "benchmarks.bench_front_ends:bench_front_ends",
     "propagation": "benchmarks.bench_propagation:bench_propagation",
     "metrics": "benchmarks.bench_metrics:bench_metrics",
+    "shapley_accuracy": "benchmarks.bench_shapley_accuracy:bench_shapley_accuracy",
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-TARGET_LABELS = {"ratio_median": "{:g}x", "matmul_fraction": "{:.0%} of matmul"}
+TARGET_LABELS = {
+    "ratio_median": "{:g}x",
+    "matmul_fraction": "{:.0%} of matmul",
+    "mse_gain": "{:.2f}x lower MSE",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

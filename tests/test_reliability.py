@@ -364,6 +364,13 @@ BAD = [
     Bad("kernel_shap", "shape", lambda: _shap(bg=_normal(5, 3)), ValueError, r"background must have the 4 features of x"),
     Bad("kernel_shap", "empty", lambda: _shap(bg=np.ones((0, 4), np.float32)), ValueError, r"background"),
     Bad("kernel_shap", "target", lambda: _shap(target=-1), ValueError, r"target out of range"),
+    Bad("kernel_shap", "name", lambda: _shap(sampler="optimal"), ValueError, r"sampler='optimal' is not one of \('shap', 'leverage'\)"),
+    Bad("kernel_shap", "name", lambda: _shap(num_samples="many"), ValueError, r"num_samples='many' must be an int >= 1 or 'auto'"),
+    Bad("kernel_shap", "value", lambda: _shap(num_samples="auto"), ValueError, r"num_samples='auto' needs a tolerance: give rtol, atol"),
+    Bad("kernel_shap", "value", lambda: _shap(num_samples="auto", rtol=0.0), ValueError, r"rtol must be > 0"),
+    Bad("kernel_shap", "value", lambda: _shap(num_samples="auto", atol=-1e-3), ValueError, r"atol must be > 0"),
+    Bad("kernel_shap", "value", lambda: _shap(num_samples="auto", atol=0.1, max_samples=5), ValueError, r"max_samples=5 is below one round of num_samples='auto': 14 coalitions"),
+    Bad("kernel_shap", "type", lambda: _shap(return_stderr="yes"), TypeError, r"return_stderr must be a bool"),
     # perturbation attributions
     Bad("occlusion", "shape", lambda: _occ(sliding_window_shapes=(5,)), ValueError, r"sliding_window_shapes \(5,\) exceeds the input's non-batch shape \(4,\)"),
     Bad("occlusion", "value", lambda: _occ(strides=0), ValueError, r"strides must be >= 1 along every axis, got \(0,\)"),

@@ -9,6 +9,7 @@ weights come from `size_weight`, which `xai_jax.kernels.shapley_kernel` uses too
 import functools
 import itertools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -298,3 +299,240 @@ def _all_subsets(num_features: int, size: int) -> np.ndarray:
     masks = np.zeros((count, num_features), bool)
     np.put_along_axis(masks, members, True, axis=1)
     return masks
+
+
+# --------------------------------------------------------------------------------------------
+# Samplers: one coalition design each, all returning `Coalitions`, and what `kernel_shap` needs
+# on top of the regression to estimate its variance (the bootstrap of the random draws) and to
+# pool rounds (the regression's sufficient statistics).
+
+
+class Coalitions(NamedTuple):
+    """One instance's coalition sample: what a sampler returns.
+
+    `masks [S, M]` (True: the feature takes the instance's value) and `weights [S]` (the
+    regression weights, summing to 1) are the design. `draw [S]` and `stratum [S]` say how it
+    was drawn, for the bootstrap standard errors: rows with the same `draw >= 0` came from one
+    random draw (a coalition and its complement) and are resampled together, among the draws
+    of the same `stratum` (an int in `[0, S)`); rows with `draw = -1` are not random (an
+    enumerated part) and are kept in every bootstrap replicate.
+    """
+
+    masks: jax.Array
+    weights: jax.Array
+    draw: jax.Array
+    stratum: jax.Array
+
+
+def shap_sampler(key: jax.Array, num_features: int, num_samples: int) -> Coalitions:
+    """shap's `KernelExplainer` design (`coalitions`), with its draws labelled.
+
+    The enumerated classes are fixed rows; each sampled draw (a coalition and its complement)
+    is one draw of a single stratum: the size classes are drawn at random, so the whole
+    sampled part is one i.i.d. sample.
+    """
+    masks, weights = _coalitions(key, num_features, num_samples)
+    design = _design(num_features, num_samples)
+    draw, stratum = _shap_labels(design.masks.shape[0], design.num_sampled)
+    return Coalitions(masks, weights, jnp.asarray(draw), jnp.asarray(stratum))
+
+
+@functools.lru_cache(maxsize=64)
+def _shap_labels(num_fixed: int, num_sampled: int) -> tuple[np.ndarray, np.ndarray]:
+    fixed = np.full(num_fixed, -1, np.int32)
+    draw = np.concatenate([fixed, np.arange(num_sampled, dtype=np.int32) // 2])
+    stratum = np.concatenate([fixed, np.zeros(num_sampled, np.int32)])
+    return draw, stratum
+
+
+def leverage_sampler(key: jax.Array, num_features: int, num_samples: int) -> Coalitions:
+    """Leverage SHAP's design (Musco & Witter, ICLR 2025), stratified by coalition size.
+
+    The leverage scores of the Shapley kernel regression are equal for every coalition size
+    `1..M-1`, so each size gets the same number of rows, `S / (M - 1)`. Pairs `{T, complement}`
+    (sizes `s` and `M - s` together; for even `M` the pairs of the middle size) are the draws:
+    a size class whose pairs all fit in its share is enumerated, and what it leaves is shared
+    again among the others (water-filling), so small and large sizes are exact; every other
+    class gets a fixed number of pairs drawn without replacement (uniformly, by ranking one
+    random word per pair of the class; beyond `_MAX_RANKED_PAIRS` pairs with replacement, where
+    a repeat has probability below `k**2 / (2 * pairs)`). Each row of class `c` weighs
+    `W_c / (2 k_c)`, the class's Shapley kernel mass over its rows (the inverse inclusion
+    probability times the kernel, as in Leverage SHAP; a fixed count per class instead of
+    Bernoulli inclusion is a stratified version of the same estimator). With `S >= 2**M - 2`
+    every class is enumerated and the regression is exact. An odd budget uses `S - 1` rows.
+    """
+    design = _leverage_design(num_features, num_samples)
+    parts = [(jnp.asarray(design.fixed_masks), jnp.asarray(design.fixed_weights))]
+    keys = jax.random.split(key, max(1, len(design.sampled)))
+    for k, (size, num_pairs, count, weight) in zip(keys, design.sampled, strict=False):
+        sets = _sample_pairs(k, num_features, size, num_pairs, count)
+        rows = jnp.stack([sets, ~sets], axis=1).reshape(2 * count, num_features)
+        parts.append((rows, jnp.full(2 * count, weight / (2 * count), jnp.result_type(float))))
+    masks = jnp.concatenate([p[0] for p in parts], axis=0)
+    weights = jnp.concatenate([p[1].astype(jnp.result_type(float)) for p in parts], axis=0)
+    return Coalitions(masks, weights, jnp.asarray(design.draw), jnp.asarray(design.stratum))
+
+
+SAMPLERS = {"shap": shap_sampler, "leverage": leverage_sampler}
+
+# Drawing without replacement ranks one random word per pair of the class; past this many
+# pairs (binom(20, 10) / 2 is 92,378) a repeat is rare enough to draw with replacement.
+_MAX_RANKED_PAIRS = 2**17
+
+
+def _sample_pairs(key, num_features: int, size: int, num_pairs: int, count: int) -> jax.Array:
+    """`[count, M]` distinct coalitions of `size`, one per pair `{T, complement}` of the class."""
+    middle = 2 * size == num_features
+    if num_pairs > _MAX_RANKED_PAIRS:
+        bits = random_bits(key, (count, num_features))
+        if middle:  # the member of each pair that holds feature 0
+            bits = bits.at[:, 0].set(0)
+        return _smallest(bits, jnp.full(count, size, jnp.int32))
+    words = random_bits(key, (num_pairs,))
+    index = jnp.argsort(words)[:count].astype(jnp.int32)
+    if middle:  # pair i is {0} and the i-th (size - 1)-subset of features 1..M-1
+        rest = _unrank(index, num_features - 1, size - 1)
+        return jnp.concatenate([jnp.ones((count, 1), bool), rest], axis=1)
+    return _unrank(index, num_features, size)
+
+
+def _unrank(index: jax.Array, n: int, k: int) -> jax.Array:
+    """`[len(index), n]` masks of the `index`-th `k`-subsets of `n` items, lexicographic."""
+    table = jnp.asarray(
+        [[math.comb(a, b) for b in range(max(k, 1))] for a in range(n)], jnp.int32
+    ).reshape(n, max(k, 1))
+    left = index
+    need = jnp.full(index.shape, k, jnp.int32)
+    columns = []
+    for i in range(n):
+        # subsets (in order) that take item i next: binom(items after i, need - 1)
+        c = jnp.where(need > 0, table[n - 1 - i, jnp.maximum(need - 1, 0)], 0)
+        take = (need > 0) & (left < c)
+        left = jnp.where(take | (need == 0), left, left - c)
+        need = need - take.astype(jnp.int32)
+        columns.append(take)
+    return jnp.stack(columns, axis=1)
+
+
+class _LeverageDesign:
+    """The key-independent part of `leverage_sampler` for one `(M, num_samples)`."""
+
+    def __init__(self, num_features: int, num_samples: int):
+        m = num_features
+        budget = min(num_samples, 2**m - 2)
+        total = sum(size_weight(m, s) for s in range(1, m))
+        classes = []  # (size, pairs, share, kernel mass)
+        for s in range(1, m // 2 + 1):
+            paired = 2 * s != m
+            pairs = math.comb(m, s) if paired else math.comb(m - 1, s - 1)
+            mass = size_weight(m, s) * (2 if paired else 1) / total
+            classes.append((s, pairs, 2 if paired else 1, mass))
+        counts = _water_fill([c[1] for c in classes], [c[2] for c in classes], budget // 2)
+        fixed_masks, fixed_weights, sampled = [], [], []
+        for (s, pairs, _, mass), count in zip(classes, counts, strict=True):
+            if count == 0:
+                continue
+            if count == pairs:
+                sets = _all_subsets(m, s)
+                if 2 * s == m:
+                    sets = sets[sets[:, 0]]
+                fixed_masks.append(np.stack([sets, ~sets], axis=1).reshape(-1, m))
+                fixed_weights.append(np.full(2 * pairs, mass / (2 * pairs)))
+            else:
+                sampled.append((s, pairs, count, mass))
+        self.fixed_masks = np.concatenate([np.zeros((0, m), bool), *fixed_masks], axis=0)
+        self.fixed_weights = np.concatenate([np.zeros(0), *fixed_weights])
+        self.sampled = tuple(sampled)
+        num_fixed = self.fixed_masks.shape[0]
+        draw = [np.full(num_fixed, -1, np.int32)]
+        stratum = [np.full(num_fixed, -1, np.int32)]
+        first = 0
+        for j, (_, _, count, _) in enumerate(sampled):
+            draw.append(np.repeat(np.arange(first, first + count, dtype=np.int32), 2))
+            stratum.append(np.full(2 * count, j, np.int32))
+            first += count
+        self.draw, self.stratum = np.concatenate(draw), np.concatenate(stratum)
+        self.num_rows = num_fixed + 2 * first
+        for array in (self.fixed_masks, self.fixed_weights, self.draw, self.stratum):
+            array.setflags(write=False)
+
+
+def _water_fill(capacity: list[int], share: list[int], total: int) -> list[int]:
+    """Integer counts `<= capacity`, summing to `min(total, sum(capacity))`, proportional to
+    `share` except where a capacity binds (its excess goes to the others)."""
+    counts = [0] * len(capacity)
+    active = list(range(len(capacity)))
+    left = total
+    while active and left > 0:
+        unit = left / sum(share[i] for i in active)
+        full = [i for i in active if capacity[i] <= unit * share[i]]
+        if full:
+            for i in full:
+                counts[i] = capacity[i]
+                left -= capacity[i]
+            active = [i for i in active if i not in full]
+            continue
+        ideal = {i: unit * share[i] for i in active}
+        for i in active:
+            counts[i] = math.floor(ideal[i])
+        rest = left - sum(counts[i] for i in active)
+        for i in sorted(active, key=lambda i: counts[i] - ideal[i])[:rest]:
+            counts[i] += 1
+        break
+    return counts
+
+
+@functools.lru_cache(maxsize=64)
+def _leverage_design(num_features: int, num_samples: int) -> _LeverageDesign:
+    return _LeverageDesign(num_features, num_samples)
+
+
+def bootstrap_multipliers(
+    key: jax.Array, draw: jax.Array, stratum: jax.Array, num_replicates: int
+) -> jax.Array:
+    """`[R, S]` row multiplicities of `R` bootstrap replicates: within each stratum its draws
+    are resampled with replacement (a row counts as often as its draw is picked); rows with
+    `draw = -1` count once in every replicate."""
+    num_rows = draw.shape[0]
+    valid = draw >= 0
+    slot = jnp.where(valid, draw, num_rows)
+    of_draw = jnp.full(num_rows, num_rows, jnp.int32).at[slot].set(stratum, mode="drop")
+    present = of_draw < num_rows
+    order = jnp.argsort(of_draw, stable=True).astype(jnp.int32)
+    counts = jnp.zeros(num_rows + 1, jnp.int32).at[of_draw].add(1)
+    offsets = jnp.cumsum(counts) - counts
+    size = counts[of_draw]
+
+    def replicate(k):
+        u = jax.random.uniform(k, (num_rows,))
+        step = (u * size.astype(u.dtype)).astype(jnp.int32)
+        pick = order[offsets[of_draw] + jnp.minimum(step, size - 1)]
+        times = (
+            jnp.zeros(num_rows, jnp.float32)
+            .at[jnp.where(present, pick, num_rows)]
+            .add(1.0, mode="drop")
+        )
+        return jnp.where(valid, times[jnp.maximum(draw, 0)], 1.0)
+
+    return jax.vmap(replicate)(jax.random.split(key, num_replicates))
+
+
+def regression_stats(masks, values, weights, total, multipliers=None):
+    """The normal equations of `shapley_regression` for `[S]` values: `(A [.., M-1, M-1],
+    b [.., M-1])`, one pair per row of `multipliers [R, S]` (times the weights) when given."""
+    masks = masks.astype(values.dtype)
+    z = masks[:, :-1] - masks[:, -1:]
+    y2 = values - masks[:, -1] * total
+    if multipliers is None:
+        zw = z * weights[:, None]
+        return zw.T @ z, zw.T @ y2
+    w = multipliers.astype(values.dtype) * weights[None]  # [R, S]
+    zz = (z[:, :, None] * z[:, None, :]).reshape(z.shape[0], -1)
+    gram = (w @ zz).reshape(w.shape[0], z.shape[1], z.shape[1])
+    return gram, w @ (z * y2[:, None])
+
+
+def solve_stats(gram, rhs, total):
+    """Shapley values `[M]` from `regression_stats`' `(A, b)` and the efficiency total."""
+    phi_rest = solve_psd(gram, rhs[:, None], 0.0)[:, 0]
+    return jnp.concatenate([phi_rest, (total - jnp.sum(phi_rest))[None]])

@@ -12,6 +12,8 @@ if os.environ.get("XAI_TYPECHECK", "1") != "0":
     jaxtyping.install_import_hook("xai_jax", "tests._typecheck.checker")
     _typecheck.unchecked_inside_pytest_raises()
 
+import gc
+
 import jax
 import numpy as np
 import pytest
@@ -22,6 +24,19 @@ collect_ignore_glob = ["fixtures/make_*.py"]
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code():
+    """Drop JAX's compilation caches after each test module. XLA:CPU maps every compiled
+    executable's machine code into its own memory regions; thousands of executables kept alive by
+    the jit caches over the whole suite exceed the kernel's `vm.max_map_count` (65530 regions by
+    default) and the process dies in the middle of a compile (a segfault or an abort in
+    `backend_compile_and_load`, at a module that varies with the order). Tests that check "no
+    recompilation" do so within a module, so clearing between modules changes nothing they see."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PyTree
 
-from xai_jax import _chunks
+from xai_jax import _chunks, _incremental
 from xai_jax._blackbox import as_model, mark_invalid, model_output, selected
 from xai_jax._checks import as_key, as_row_keys, check_bool, check_positive_int
 from xai_jax._features import as_feature_groups
@@ -68,6 +68,7 @@ class _Config(NamedTuple):
     extra: Any = None  # [batch, n_samples, d] ranks (orders), [groups, batch] permutation
     num_samples: int = 1
     num_groups: int = 0
+    incremental: bool = False  # occlusion rows by `_incremental` where it applies
 
 
 def _keep(config: _Config, i, code):
@@ -129,11 +130,17 @@ def _rows_chunk(config: _Config, r: jax.Array) -> jax.Array:
         )
     else:
         j = i if jax.tree.leaves(config.base)[0].shape[0] > 1 else jnp.zeros_like(i)
+    index = None if config.index is None else config.index[i]
+    if config.incremental:  # occlusion of one array by a JAX model: incremental inference
+        out = _incremental.occluded_outputs(
+            config.model, config.x, config.base, config.windows[0], i, code, config.num_codes
+        )
+        if out is not None:
+            return selected(out, index).astype(config.x.dtype)
     keep = _keep(config, i, code)
     inputs = jax.tree.map(lambda x, b, k: jnp.where(k, x[i], b[j]), config.x, config.base, keep)
     kwargs = {name: v[i] for name, v in config.kwargs.items()}
     out = config.model(inputs, **kwargs)
-    index = None if config.index is None else config.index[i]
     return selected(out, index).astype(jax.tree.leaves(config.x)[0].dtype)
 
 
@@ -409,6 +416,7 @@ def occlusion(
     config = _Config(
         model, "windows", inputs.x, base, "example", 1, offset + 1, None, kwargs, t.index,
         windows=tuple(windows),
+        incremental=_incremental.ENABLED and single and not kwargs,
     )  # fmt: skip
     return _attributions(config, t, inputs.batch, batch_size)
 

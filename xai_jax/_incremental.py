@@ -192,7 +192,7 @@ def _full(walk: _Walk, var, value, top: bool):
     if not top or isinstance(var, jcore.Literal):
         raise _Unsupported("a box leaves a call body")
     base = walk.base[var][walk.e]
-    return _Row(lax.dynamic_update_slice(base, value.values.astype(base.dtype), value.lo))
+    return _Row(_place(value, [0] * base.ndim, base))
 
 
 def _box_eqn(walk: _Walk, eqn, vals: list, boxes: list[_Box]):
@@ -282,27 +282,36 @@ def _conv(walk: _Walk, eqn, box: _Box, rhs) -> list:
 
 def _overlay(walk: _Walk, var, box: _Box, crop_lo: list, crop_size: list, pads: list):
     """The region `[crop_lo, crop_lo + crop_size)` of `var`'s value on this row: the box where
-    it is, the unoccluded value elsewhere, zeros in the convolution's padding `pads`.
-
-    The unoccluded value is padded once per chunk (it is not per row) by the convolution's
-    padding and a margin of one box size on each axis the box does not span, so the region
-    and a canvas around it are one dynamic slice; the box is written into the canvas, where
-    a box that lies partly outside the region is clamped into the margin, never into the
-    region (the margin is as wide as the box), and the region is cut from it.
-    """
+    it is, the unoccluded value elsewhere, zeros in the convolution's padding `pads` (the
+    unoccluded value is padded once per chunk, not per row)."""
     if var not in walk.base:
         raise _Unsupported("a convolution inside a call body")
-    sizes = box.values.shape
-    margin = [0 if s == n == c else s for s, n, c in zip(sizes, box.shape, crop_size, strict=True)]
-    widths = [(lo + m, hi + m) for (lo, hi), m in zip(pads, margin, strict=True)]
-    padded = jnp.pad(walk.base[var], [(0, 0), *widths])
-    start = [c + lo for c, (lo, _) in zip(crop_lo, pads, strict=True)]  # canvas: crop - margin
-    canvas = lax.dynamic_slice(
-        padded, [walk.e, *start], [1, *(c + 2 * m for c, m in zip(crop_size, margin, strict=True))]
-    )[0]
-    offset = [b - c + m for b, c, m in zip(box.lo, crop_lo, margin, strict=True)]
-    canvas = lax.dynamic_update_slice(canvas, box.values.astype(canvas.dtype), offset)
-    return lax.slice(canvas, margin, [m + c for m, c in zip(margin, crop_size, strict=True)])
+    padded = jnp.pad(walk.base[var], [(0, 0), *pads])
+    start = [c + lo for c, (lo, _) in zip(crop_lo, pads, strict=True)]
+    region = lax.dynamic_slice(padded, [walk.e, *start], [1, *crop_size])[0]
+    return _place(box, crop_lo, region)
+
+
+def _place(box: _Box, region_lo: list, region):
+    """`region` (the values from `region_lo` on) with the box laid over it where they meet.
+
+    Per element of the region, a gather from the box (indices clamped into it) and a select:
+    XLA:CPU fuses these into one loop, where a `dynamic_update_slice` under `vmap` is a
+    scatter it runs element by element (4x slower on the benchmark's CNN).
+    """
+    values = box.values.astype(region.dtype)
+    inside = []
+    for axis, (b_lo, r_lo, size, n) in enumerate(
+        zip(box.lo, region_lo, values.shape, region.shape, strict=True)
+    ):
+        if isinstance(b_lo, int) and isinstance(r_lo, int) and b_lo == r_lo and size == n:
+            inside.append(jnp.ones(n, bool))  # an axis the box spans (batch, channels)
+            continue
+        pos = jnp.arange(n, dtype=jnp.int32) + (r_lo - b_lo)  # region index -> box index
+        index = jnp.clip(pos, 0, size - 1)
+        values = jnp.take(values, index, axis=axis, mode="clip")
+        inside.append((pos >= 0) & (pos < size))
+    return jnp.where(_all(inside), values, region)
 
 
 def _all(masks: list) -> jax.Array:

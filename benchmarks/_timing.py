@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -63,10 +64,12 @@ def matmul_call(size: int = 2048) -> tuple[Callable[[], Any], float]:
 
 
 class Context:
-    """What a benchmark needs from the runner: repeat counts, warnings, the matmul ceiling."""
+    """What a benchmark needs from the runner: repeat counts, warnings, the matmul ceiling, and
+    the results folder (`out`) for what a benchmark writes beside its JSON (a figure)."""
 
-    def __init__(self, *, quick: bool = False):
+    def __init__(self, *, quick: bool = False, out: Path | None = None):
         self.quick = quick
+        self.out = out if out is not None else Path(__file__).resolve().parent / "results"
         self.warmup = 1 if quick else 2
         self.warnings: list[str] = []
         self._matmul_fn, self._matmul_flops = matmul_call()

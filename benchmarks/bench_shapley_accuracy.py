@@ -48,7 +48,6 @@ QUICK_BUDGETS = (256, 768, 2048)
 NUM_INSTANCES = 20
 BACKGROUNDS = (1, 50)
 TARGET = 1
-RESULTS = Path(__file__).resolve().parent / "results"
 
 COLUMNS = [
     ("mse_peer", "shap MSE", "{:.2e}"),
@@ -152,7 +151,7 @@ def bench_shapley_accuracy(ctx: Context) -> dict:
                     + ", ".join(map(str, budgets))
                     + ")"
                 )
-    _plot(curves, budgets, RESULTS / "shapley_accuracy.png")
+    _plot(curves, budgets, ctx.out / "shapley_accuracy.png")
     return {
         "peer": "shap.KernelExplainer(f, background).shap_values(x, nsamples=budget, "
         "l1_reg=False), one instance at a time",

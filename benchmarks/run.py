@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks._timing import Context  # imports JAX: not needed for --help
 
-    ctx = Context(quick=args.quick)
+    ctx = Context(quick=args.quick, out=args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     machine = machine_description()
     for name in dict.fromkeys(args.only or BENCHMARKS):

@@ -50,8 +50,22 @@ def positional(x):  # a full-shape constant added after the convolution: cut to 
     return h.reshape(h.shape[0], -1)[:, :4]  # 4 outputs, as the others
 
 
+def head_transposed(x):  # dense weights stored [outputs, inputs], then a bias and a tanh
+    h = jax.nn.relu(_conv(x, W1, (2, 2), "VALID"))
+    h = jax.nn.relu(_conv(h, W2, (2, 2), "VALID"))
+    out = jax.lax.dot_general(h.reshape(h.shape[0], -1), HEAD_T, (((1,), (1,)), ((), ())))
+    return jnp.tanh(out + 0.5)
+
+
+def wide(x):  # a stride-1 SAME convolution: too many box positions for the head's weight table
+    h = jax.nn.relu(_conv(x, W1, (1, 1), "SAME"))
+    return h.reshape(h.shape[0], -1) @ HEAD_WIDE
+
+
 X = RNG.normal(size=(3, 3, 28, 28)).astype(np.float32)
 T = np.array([0, 3, 1])
+HEAD_T = jnp.asarray(RNG.normal(size=(4, 16 * 36)) * 0.05, jnp.float32)
+HEAD_WIDE = jnp.asarray(RNG.normal(size=(8 * 28 * 28, 4)) * 0.02, jnp.float32)
 
 CASES = {
     "cnn 4x4/2": (cnn, X, dict(sliding_window_shapes=(1, 4, 4), strides=(1, 2, 2))),
@@ -68,6 +82,8 @@ CASES = {
     ),
     "residual": (residual, X, dict(sliding_window_shapes=(3, 4, 4), strides=(3, 4, 4))),
     "positional": (positional, X, dict(sliding_window_shapes=(1, 3, 3), strides=(1, 3, 3))),
+    "head [out, in]": (head_transposed, X, dict(sliding_window_shapes=(3, 4, 4), strides=2)),
+    "wide": (wide, X, dict(sliding_window_shapes=(1, 3, 3), strides=(1, 3, 3))),
 }
 
 
@@ -124,6 +140,25 @@ def test_taken_where_it_pays(monkeypatch):
         mlp, x, target=np.array([0, 1, 0]), sliding_window_shapes=(1, 4, 4), strides=(1, 4, 4)
     )
     assert results == [False]
+
+
+@pytest.mark.parametrize(
+    ("name", "taken"), [("cnn 4x4/2", True), ("head [out, in]", True), ("wide", False)]
+)
+def test_dense_head_contracts_the_change_where_its_table_is_small(monkeypatch, name, taken):
+    seen = []
+    real = _incremental._affine_head
+
+    def spy(*args):
+        out = real(*args)
+        seen.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_incremental, "_affine_head", spy)
+    jax.clear_caches()
+    f, x, kw = CASES[name]
+    occlusion(f, x, target=T, **kw)
+    assert seen and set(seen) == {taken}
 
 
 def test_a_convolution_inside_a_jit_runs_in_full(monkeypatch):

@@ -155,7 +155,7 @@ def bench_perturbation(ctx: Context) -> dict:
             "Shapley sampling: 'max |ours - Captum|' is the largest difference of the per-example "
             "sums (both equal F(x) - F(0)); the values are random.",
             "occlusion: incremental inference (the convolutions of each row on the box its window "
-            "changes; xai_jax._incremental).",
+            "changes, the dense head on that change alone; xai_jax._incremental).",
             f"exact Shapley values at d=10, b10 (10,240 model rows), ours alone (Captum would "
             f"walk 10! orders): {alone.median * 1e3:.2f} ms median, {alone.min * 1e3:.2f} ms min.",
         ],

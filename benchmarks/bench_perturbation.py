@@ -78,7 +78,9 @@ def _mlp(d: int):
 
 
 def _pair(ctx, name, peer_1, peer_fast, fast_setting, ours, rows, diff, target) -> list[dict]:
-    timings = ctx.time({"peer_1": peer_1, "peer_fast": peer_fast, "ours": ours}, repeats=5)
+    timings = ctx.time(
+        {"peer_1": peer_1, "peer_fast": peer_fast, "ours": ours}, repeats=30, rounds=5
+    )
     return [
         record(f"{name} vs ppe=1", timings["peer_1"], timings["ours"], rows=rows,
                peer_setting=1, max_abs_diff=diff),

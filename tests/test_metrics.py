@@ -213,8 +213,14 @@ def _np_faithfulness(key, x, a, t, b, subset_size, n_subsets, groups):
         sums, drops = [], []
         fx = _np_model(x[i][None])[0, t[i]]
         for s in range(n_subsets):
-            bits = draws[i, s]  # the documented draw of subset s of example i
-            chosen = np.argsort(-(bits >> 1).astype(np.int64), kind="stable")[:subset_size]
+            u = (draws[i, s] >> 8).astype(np.float32) * np.float32(2.0**-24)
+            chosen, taken = [], 0  # the documented draw of subset s of example i
+            for j in range(g):  # sequential selection (Knuth's Algorithm S)
+                left, need = g - j, subset_size - taken
+                if need >= left or u[j] * np.float32(left) < np.float32(need):
+                    chosen.append(j)
+                    taken += 1
+            assert len(chosen) == subset_size
             z = x[i].copy()
             attr = 0.0
             for j in chosen:
@@ -235,6 +241,28 @@ def test_faithfulness_correlation_matches_a_numpy_loop(mask):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     chunked = faithfulness_correlation(KEY, _jax_model, X, A, batch_size=7, **kw)
     np.testing.assert_allclose(chunked, got, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("n, k", [(6, 2), (6, 6), (5, 1), (7, 3)])
+def test_subsets_are_uniform_over_the_k_subsets(n, k):
+    """Every row holds exactly k columns, and each of the binom(n, k) subsets comes up about
+    equally often (40,000 rows: every count within 5 sigma of the mean)."""
+    from math import comb
+
+    from xai_jax.metrics import _subset
+    from xai_jax.perturbations import random_bits
+
+    rows = 40_000
+    member = np.asarray(jax.jit(_subset, static_argnums=1)(random_bits(KEY, (rows, n)), k))
+    assert (member.sum(1) == k).all()
+    codes = member.astype(np.int64) @ (1 << np.arange(n))
+    counts = np.bincount(codes, minlength=1 << n)
+    counts = counts[counts > 0]
+    m = comb(n, k)
+    assert len(counts) == m
+    p = 1 / m
+    sigma = np.sqrt(rows * p * (1 - p))
+    assert np.abs(counts - rows * p).max() < 5 * sigma + 1e-9
 
 
 def test_a_constant_drop_gives_nan_as_scipy():

@@ -124,6 +124,29 @@ def test_batch_size_chunks_do_not_change_the_numbers():
     _close(jitted(x), D["mlp_abl_all"])
 
 
+@pytest.mark.parametrize("method", ["occlusion", "feature_ablation", "shapley_values"])
+def test_every_baseline_form_gives_the_numbers_of_the_full_array(method):
+    """A scalar or a row stays one row inside (no [batch, ...] copy): same numbers as the
+    baseline written out for every example, eagerly and under jit (a traced scalar too)."""
+    _, mlp, _ = _models(D)
+    x, t = D["mlp_x"], D["mlp_target"]
+    row = np.linspace(-0.5, 0.5, x.shape[1], dtype=np.float32)[None]
+    call = {
+        "occlusion": lambda b: occlusion(mlp, x, sliding_window_shapes=(2,), baselines=b, target=t),
+        "feature_ablation": lambda b: feature_ablation(mlp, x, b, target=t),
+        "shapley_values": lambda b: shapley_values(mlp, x[:, :6], b, target=t),
+    }[method]
+    if method == "shapley_values":
+        row = row[:, :6]
+    full = np.broadcast_to(row, (x.shape[0], row.shape[1]))
+    np.testing.assert_allclose(np.asarray(call(row)), np.asarray(call(full)), rtol=0, atol=1e-6)
+    zeros = np.zeros_like(full)
+    for b in (None, 0.0, np.float32(0.0), jnp.zeros(())):
+        np.testing.assert_allclose(np.asarray(call(b)), np.asarray(call(zeros)), atol=1e-6)
+    traced = jax.jit(call)(jnp.float32(0.25))
+    np.testing.assert_allclose(np.asarray(traced), np.asarray(call(full * 0 + 0.25)), atol=1e-6)
+
+
 def test_per_example_feature_mask_and_forward_kwargs():
     _, mlp, _ = _models(D)
     x, b, t = D["mlp_x"], D["mlp_base"], D["mlp_target"]

@@ -654,6 +654,19 @@ def test_traced_non_finite_data_reaches_the_affected_outputs(case):
         case.spreads(fn(*arrays), arrays)
 
 
+def test_host_data_is_checked_as_converted():
+    """NumPy data is checked on the host, in the dtype it gets: a float64 or Python float past
+    float32's range is inf once converted (x64 off) and raises; finite data passes unchanged."""
+    from xai_jax._checks import as_float_array
+
+    for value in (np.array([1.0, 1e39]), 1e39, np.float64(-1e39)):
+        with pytest.raises(ValueError, match=r"^v contains NaN or inf \(1 entry"):
+            as_float_array("v", value)
+    out = as_float_array("v", np.array([1.0, 3e38]))
+    assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
+    assert as_float_array("v", np.array([np.inf]), finite=False).dtype == jnp.float32
+
+
 def test_bounds_may_be_infinite():
     res = _ce(lower=-np.inf, upper=np.full(4, np.inf, np.float32))
     assert np.isfinite(np.asarray(res.explanation)).all()

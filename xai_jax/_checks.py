@@ -121,6 +121,16 @@ def as_float_array(name: str, value, *, min_ndim: int = 0, finite: bool = True) 
 
     With `finite` (the default) a concrete array holding NaN or inf raises (`check_finite`).
     """
+    # Host data is checked where it is, in the dtype it will get (a float64 1e39 is inf in
+    # float32): checking the converted array would wait for its transfer to the device, and for
+    # whatever the device is still running.
+    host = finite and isinstance(value, np.ndarray | np.generic | int | float)
+    if host:
+        data = np.asarray(value)
+        if np.issubdtype(data.dtype, np.floating):
+            dtype = jax.dtypes.canonicalize_dtype(data.dtype)
+            with np.errstate(over="ignore", invalid="ignore"):
+                check_finite(name, data.astype(dtype, copy=False))
     try:
         arr = jnp.asarray(value)
     except TypeError as err:
@@ -133,7 +143,7 @@ def as_float_array(name: str, value, *, min_ndim: int = 0, finite: bool = True) 
         raise ValueError(
             f"{name} must have at least {min_ndim} dimension(s), got shape {arr.shape}"
         )
-    if finite:
+    if finite and not host:  # JAX arrays, sequences, tracers (skipped)
         check_finite(name, arr)
     return arr
 

@@ -51,10 +51,16 @@ def as_inputs(x, name: str = "x", *, finite: bool = True, allow_empty: bool = Fa
     return Inputs(jax.tree.unflatten(treedef, leaves), batch)
 
 
-def as_baselines(baselines, x, name: str = "baselines", *, finite: bool = True):
-    """Baselines with the full shape of `x` (Captum's rules: scalar, `[1, ...]` or `x`'s shape)."""
+def as_baselines(baselines, x, name: str = "baselines", *, finite: bool = True, full: bool = True):
+    """Baselines with the full shape of `x` (Captum's rules: scalar, `[1, ...]` or `x`'s shape).
+
+    With `full=False` a scalar or a row stays one row `[1, ...]` (kernels that index the
+    baseline of example `i` as row `0 if rows == 1 else i` need no `[batch, ...]` copy).
+    """
     if baselines is None:
-        return jax.tree.map(jnp.zeros_like, x)
+        if full:
+            return jax.tree.map(jnp.zeros_like, x)
+        baselines = 0.0
     treedef = jax.tree.structure(x)
     if jax.tree.structure(baselines) != treedef:
         if _is_scalar(baselines):
@@ -72,6 +78,10 @@ def as_baselines(baselines, x, name: str = "baselines", *, finite: bool = True):
                 f"{name} must be a scalar or of shape {(1, *leaf.shape[1:])} or {leaf.shape} "
                 f"to match x, got shape {b.shape}"
             )
+        if not full and b.shape != leaf.shape:
+            if is_concrete(b) and b.ndim == 0:  # one host-built row: no eager device ops
+                return jnp.asarray(np.full((1, *leaf.shape[1:]), b, leaf.dtype))
+            return jnp.broadcast_to(b.astype(leaf.dtype), (1, *leaf.shape[1:]))
         return jnp.broadcast_to(b.astype(leaf.dtype), leaf.shape)
 
     return jax.tree.map(one, baselines, x)

@@ -659,7 +659,7 @@ def _subset_rows(config: _SubsetConfig, r: jax.Array):
     i = r // config.n_subsets
     g = config.sums.shape[1]
     bits = jax.vmap(lambda q: random_bits(jax.random.fold_in(config.key, q), (g,)))(r)
-    member = _largest(jax.lax.bitcast_convert_type(bits >> 1, jnp.int32), config.subset_size)
+    member = _subset(bits, config.subset_size)
     attr = jnp.sum(jnp.where(member, config.sums[i], jnp.zeros((), config.sums.dtype)), axis=1)
 
     def one(x, b, labels):
@@ -672,24 +672,28 @@ def _subset_rows(config: _SubsetConfig, r: jax.Array):
     return attr, out
 
 
-def _largest(score: jax.Array, k: int) -> jax.Array:
-    """`[rows, n]` bools: each row's `k` largest non-negative int32 scores (ties: lower index).
+def _subset(bits: jax.Array, k: int) -> jax.Array:
+    """`[rows, n]` bools: a uniformly random `k`-subset of the `n` columns of each row.
 
-    `lax.top_k` and sorts of a `[3200, 784]` batch took ~300 ms on XLA:CPU; this builds the
-    k-th largest value bit by bit (31 compare-and-count passes, ~45 ms) and breaks ties by a
-    running count.
+    Sequential selection (Knuth's Algorithm S): column `j` is taken when
+    `u_j * (n - j) < k - taken`, `u_j` the top 24 bits of its word over `2**24` (float32), so
+    it is taken with probability (still needed) / (still left), and always when every column
+    left is needed. One scan over the columns on `[rows]` vectors: 5 ms for `[3200, 784]` on
+    XLA:CPU, where a sort or `lax.top_k` took ~300 ms and building the k-th largest word bit
+    by bit (31 compare-and-count passes) 37-45 ms.
     """
+    n = bits.shape[1]
+    u = (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
-    def body(bit, thr):
-        cand = thr | (jnp.int32(1) << (30 - bit))
-        ok = jnp.sum(score >= cand[:, None], axis=1, dtype=jnp.int32) >= k
-        return jnp.where(ok, cand, thr)
+    def step(taken, column):
+        left, u_j = column
+        need = k - taken
+        take = (need >= left) | (u_j * left.astype(jnp.float32) < need.astype(jnp.float32))
+        return taken + take.astype(jnp.int32), take
 
-    thr = jax.lax.fori_loop(0, 31, body, jnp.zeros(score.shape[0], jnp.int32))
-    above = score > thr[:, None]
-    tied = score == thr[:, None]
-    need = k - jnp.sum(above, axis=1, dtype=jnp.int32)
-    return above | (tied & (jnp.cumsum(tied, axis=1, dtype=jnp.int32) <= need[:, None]))
+    left = n - jnp.arange(n, dtype=jnp.int32)
+    _, member = jax.lax.scan(step, jnp.zeros(bits.shape[0], jnp.int32), (left, u.T))
+    return member.T
 
 
 def _example_rows(config: _SubsetConfig, rows):
@@ -723,9 +727,11 @@ def faithfulness_correlation(
     replacement, drawn per example), the subset is set to the baseline; the result is the
     Pearson correlation, over the subsets, between the subset's attribution sum and the drop of
     the target output `F(x) - F(x with the subset at baseline)`. NaN where either side is
-    constant (as scipy's `pearsonr`). Subset `s` of example `i` is the `subset_size` groups
-    with the largest of `G` 31-bit draws from `fold_in(key, i * n_subsets + s)` (ties: the
-    lower id), so the numbers do not depend on `batch_size`.
+    constant (as scipy's `pearsonr`). Subset `s` of example `i` is drawn by sequential
+    selection over the `G` groups in id order (Knuth's Algorithm S) from `G` 32-bit words of
+    `fold_in(key, i * n_subsets + s)`: group `j` is taken when `u_j * (G - j) < k - taken`
+    (`u_j` the word's top 24 bits over `2**24`, float32), so the numbers do not depend on
+    `batch_size`.
 
     Static arguments: `fn`, `subset_size`, `n_subsets`, `feature_mask` (concrete),
     `batch_size`.

@@ -144,13 +144,8 @@ def _rows_chunk(config: _Config, r: jax.Array) -> jax.Array:
     return selected(out, index).astype(jax.tree.leaves(config.x)[0].dtype)
 
 
-def _values(config: _Config, batch: int, batch_size: int | None) -> jax.Array:
-    """`[batch * num_codes * num_base]` target outputs, one per model row."""
-    num_rows = batch * config.num_codes * config.num_base
-    per_row = sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(config.x))
-    chunk = _chunks.rows_per_chunk(num_rows, per_row, batch_size)
-    rows = np.arange(num_rows, dtype=np.int32)
-    return _chunks.map_rows(_rows_chunk, config, rows, num_rows, chunk)
+def _num_rows(config: _Config) -> int:
+    return jax.tree.leaves(config.x)[0].shape[0] * config.num_codes * config.num_base
 
 
 def _finish(config: _Config, operands):
@@ -197,9 +192,23 @@ def _occlusion_finish(config: _Config, v: jax.Array):
     return jax.tree.unflatten(jax.tree.structure(config.x), out)
 
 
-def _attributions(config: _Config, t, batch: int, batch_size: int | None):
-    v = _values(config, batch, batch_size)
+def _attributions(config: _Config, t, batch_size: int | None):
+    """The attributions from the `batch * num_codes * num_base` model rows: one compiled call
+    when they fit one chunk, else the chunked rows (`_chunks.map_rows`) and then `_finish`."""
+    num_rows = _num_rows(config)
+    per_row = sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(config.x))
+    chunk = _chunks.rows_per_chunk(num_rows, per_row, batch_size)
+    if chunk >= num_rows:
+        return _chunks.call(_whole, config, t.valid)
+    rows = np.arange(num_rows, dtype=np.int32)
+    v = _chunks.map_rows(_rows_chunk, config, rows, num_rows, chunk)
     return _chunks.call(_finish, config, (v, t.valid))
+
+
+def _whole(config: _Config, valid):
+    """Rows and attributions in one program (an eager call dispatches once)."""
+    v = _rows_chunk(config, jnp.arange(_num_rows(config), dtype=jnp.int32))
+    return _finish(config, (v, valid))
 
 
 def _spread(phi: jax.Array, config: _Config):
@@ -227,8 +236,9 @@ def _model(fn: Callable, x, kwargs: dict, batch: int, chunk_rows: int):
 
 
 def _references(baselines, x, batch: int, background: bool):
-    """`(base, mode, num_base)`: Captum's baselines (scalar, `[1, ...]`, one per example; as
-    full arrays), or with `background` a set of `n_b` rows (`n_b` not 1 nor the batch)."""
+    """`(base, mode, num_base)`: Captum's baselines (scalar, `[1, ...]`, one per example; a
+    scalar or a row kept as one row `[1, ...]`), or with `background` a set of `n_b` rows
+    (`n_b` not 1 nor the batch)."""
     if background and baselines is not None and not _is_scalar_tree(baselines):
         leaves = jax.tree.leaves(baselines)
         sizes = {getattr(b, "shape", (None,))[:1] for b in leaves}
@@ -241,7 +251,7 @@ def _references(baselines, x, batch: int, background: bool):
         ):
             base = as_background(baselines, x, "baselines")
             return base, "background", jax.tree.leaves(base)[0].shape[0]
-    return as_baselines(baselines, x), "example", 1
+    return as_baselines(baselines, x, full=False), "example", 1
 
 
 def _is_scalar_tree(value) -> bool:
@@ -312,7 +322,7 @@ def feature_ablation(
     config = _Config(
         model, "groups", inputs.x, base, "example", 1, g + 1, labels, kwargs, t.index, num_groups=g
     )
-    return _attributions(config, t, inputs.batch, batch_size)
+    return _attributions(config, t, batch_size)
 
 
 def _as_shape(name: str, value, ndim: int, leaf_shape) -> tuple:
@@ -418,7 +428,7 @@ def occlusion(
         windows=tuple(windows),
         incremental=_incremental.ENABLED and single and not kwargs,
     )  # fmt: skip
-    return _attributions(config, t, inputs.batch, batch_size)
+    return _attributions(config, t, batch_size)
 
 
 class _Orders(NamedTuple):
@@ -514,7 +524,7 @@ def shapley_values(
     config = _Config(
         model, "coalitions", inputs.x, base, mode, nb, 2**d, labels, {}, t.index, num_groups=d
     )
-    return _attributions(config, t, inputs.batch, batch_size)
+    return _attributions(config, t, batch_size)
 
 
 def shapley_value_sampling(
@@ -579,7 +589,7 @@ def shapley_value_sampling(
         model, "orders", inputs.x, base, mode, nb, 2 + n_samples * (d - 1), labels, {}, t.index,
         extra=ranks, num_samples=n_samples, num_groups=d,
     )  # fmt: skip
-    return _attributions(config, t, inputs.batch, batch_size)
+    return _attributions(config, t, batch_size)
 
 
 def feature_permutation(
@@ -643,4 +653,4 @@ def feature_permutation(
         model, "groups", inputs.x, inputs.x, "permuted", 1, g + 1, labels, {}, t.index,
         extra=perms, num_groups=g,
     )  # fmt: skip
-    return _attributions(config, t, b, batch_size)
+    return _attributions(config, t, batch_size)

@@ -60,6 +60,12 @@ def _methods():
     def shap_rows(k, z, background):
         return kernel_shap(k, model, z, background, num_samples=32, target=2)
 
+    def shap_stderr_rows(k, z, background):  # the sampler/estimator/stderr options pass through
+        return kernel_shap(
+            k, model, z, background, num_samples=32, target=2, sampler="leverage",
+            estimator="cubic", return_stderr=True,
+        )  # fmt: skip
+
     def cem_rows(k, z):
         def one(k1, z1):
             loss = cem_loss("PN", model, z1, c=1.0, kappa=0.05)
@@ -81,6 +87,12 @@ def _methods():
         "integrated_gradients": (ig, lambda n: xs(n), {}, False),
         "lime": (lime_rows, lambda n: xs(n)[:1], {}, True),
         "kernel_shap": (shap_rows, lambda n: xs(n)[:1], {"background": background}, True),
+        "kernel_shap_stderr": (
+            shap_stderr_rows,
+            lambda n: xs(n)[:1],
+            {"background": background},
+            True,
+        ),
         "contrastive_explanation": (cem_rows, lambda n: xs(n)[:1], {}, True),
     }, {
         "integrated_gradients": lambda key, x, kw: ig(*x),
@@ -88,6 +100,7 @@ def _methods():
         "kernel_shap": lambda key, x, kw: kernel_shap(
             key, model, x[0], kw["background"], num_samples=32, target=2
         ),
+        "kernel_shap_stderr": lambda key, x, kw: shap_stderr_rows(key, x[0], kw["background"]),
         "contrastive_explanation": lambda key, x, kw: cem_rows(
             jax.random.split(key, x[0].shape[0]), x[0]
         ),

@@ -371,6 +371,8 @@ BAD = [
     Bad("kernel_shap", "value", lambda: _shap(num_samples="auto", atol=-1e-3), ValueError, r"atol must be > 0"),
     Bad("kernel_shap", "value", lambda: _shap(num_samples="auto", atol=0.1, max_samples=5), ValueError, r"max_samples=5 is below one round of num_samples='auto': 14 coalitions"),
     Bad("kernel_shap", "type", lambda: _shap(return_stderr="yes"), TypeError, r"return_stderr must be a bool"),
+    Bad("kernel_shap", "name", lambda: _shap(estimator="quadratic"), ValueError, r"estimator='quadratic' is not one of \('linear', 'cubic'\)"),
+    Bad("kernel_shap", "value", lambda: _shap(num_samples="auto", atol=0.1, estimator="cubic"), ValueError, r"num_samples='auto' pools the rounds' normal equations of estimator='linear'; estimator='cubic' takes a fixed num_samples"),
     # perturbation attributions
     Bad("occlusion", "shape", lambda: _occ(sliding_window_shapes=(5,)), ValueError, r"sliding_window_shapes \(5,\) exceeds the input's non-batch shape \(4,\)"),
     Bad("occlusion", "value", lambda: _occ(strides=0), ValueError, r"strides must be >= 1 along every axis, got \(0,\)"),

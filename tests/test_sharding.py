@@ -225,7 +225,7 @@ def test_key_batches_of_the_wrong_shape_are_rejected(bad):
 # 4 host devices, one process
 
 
-@pytest.mark.parametrize("method", [*BITWISE, "lime", "kernel_shap"])
+@pytest.mark.parametrize("method", [*BITWISE, "lime", "kernel_shap", "kernel_shap_stderr"])
 def test_sharded_equals_single_device(single, method):
     cases = {k: v for k, v in single["cases"].items() if k.startswith(f"{method}/")}
     assert {k.split("/", 1)[1] for k in cases} >= {"n=8/1d", "n=8/2x2", "n=6/1d", "n=6/2x2"}

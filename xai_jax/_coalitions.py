@@ -487,6 +487,16 @@ def _leverage_design(num_features: int, num_samples: int) -> _LeverageDesign:
     return _LeverageDesign(num_features, num_samples)
 
 
+def _strata_of_draws(draw: jax.Array, stratum: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`of_draw [S]`, the stratum of each random draw by its index (`S` for an index no row
+    draws), and `present [S]`, whether a draw of that index exists; rows with `draw = -1`
+    (enumerated) belong to no draw."""
+    num_rows = draw.shape[0]
+    slot = jnp.where(draw >= 0, draw, num_rows)
+    of_draw = jnp.full(num_rows, num_rows, jnp.int32).at[slot].set(stratum, mode="drop")
+    return of_draw, of_draw < num_rows
+
+
 def bootstrap_multipliers(
     key: jax.Array, draw: jax.Array, stratum: jax.Array, num_replicates: int
 ) -> jax.Array:
@@ -495,9 +505,7 @@ def bootstrap_multipliers(
     `draw = -1` count once in every replicate."""
     num_rows = draw.shape[0]
     valid = draw >= 0
-    slot = jnp.where(valid, draw, num_rows)
-    of_draw = jnp.full(num_rows, num_rows, jnp.int32).at[slot].set(stratum, mode="drop")
-    present = of_draw < num_rows
+    of_draw, present = _strata_of_draws(draw, stratum)
     order = jnp.argsort(of_draw, stable=True).astype(jnp.int32)
     counts = jnp.zeros(num_rows + 1, jnp.int32).at[of_draw].add(1)
     offsets = jnp.cumsum(counts) - counts
@@ -536,3 +544,105 @@ def solve_stats(gram, rhs, total):
     """Shapley values `[M]` from `regression_stats`' `(A, b)` and the efficiency total."""
     phi_rest = solve_psd(gram, rhs[:, None], 0.0)[:, 0]
     return jnp.concatenate([phi_rest, (total - jnp.sum(phi_rest))[None]])
+
+
+# --------------------------------------------------------------------------------------------
+# The cubic estimator: the regression with third-order interaction terms (`estimator="cubic"`).
+#
+# A surrogate game `g(S) = sum_i a_i z_i + sum_{|T| = 3} b_T h_T(S)`, `z = mask`,
+# `h_T = prod_{i in T} (z_i - 1/2) + 1/8` (0 at the empty coalition, 1/4 at the full one), is
+# fitted to the coalition values by the same weighted least squares with the same exact
+# efficiency constraint, the `b_T` ridge-penalised; the estimate is `g`'s exact Shapley values,
+# `phi_i = a_i + sum_{T ni i} b_T / 12` (a `h_T` game is symmetric in `T` and null outside it).
+# Why it is exact with every coalition: the residual `r = v - g` is orthogonal, in the kernel's
+# inner product, to the unpenalised linear columns and vanishes at the empty and the full
+# coalition, so KernelSHAP's regression of `r` (exact when enumerated) gives `phi(r) = 0` and
+# `phi(v) = phi(g)`, whatever the ridge. Why odd (centred) third-order terms and no
+# second-order ones: the built-in samplers draw a coalition with its complement, under which a
+# centred product of even order is the same for both and has Shapley value 0; the error of the
+# linear fit on paired draws comes from the odd part of `v` beyond the linear one, of which the
+# cubic terms are the leading part (Pelegrina et al. 2023 fit the second-order Möbius terms of
+# unpaired samples in the same spirit; the regression-adjusted estimators of Witter, Liu &
+# Musco 2025 correct a fitted surrogate the same way).
+
+CUBIC_RIDGE = 0.1  # relative to the mean diagonal of the cubic columns' Gram block
+
+
+@functools.lru_cache(maxsize=64)
+def _cubic_terms(num_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `[T, 3]` feature triples and the `[M, M - 1 + T]` map from the reduced
+    coefficients (linear `a_1..a_{M-1}`, then the `b_T`) to Shapley values (the part that does
+    not depend on the total)."""
+    triples = np.array(list(itertools.combinations(range(num_features), 3)), np.int32)
+    triples = triples.reshape(-1, 3)
+    num_triples = len(triples)
+    to_phi = np.zeros((num_features, num_features - 1 + num_triples))
+    to_phi[: num_features - 1, : num_features - 1] = np.eye(num_features - 1)
+    to_phi[num_features - 1, : num_features - 1] = -1.0  # a_M = total - sum a - sum b / 4
+    to_phi[num_features - 1, num_features - 1 :] = -0.25
+    columns = num_features - 1 + np.arange(num_triples)
+    for k in range(3):
+        np.add.at(to_phi, (triples[:, k], columns), 1.0 / 12.0)
+    return triples, to_phi
+
+
+def cubic_shapley(masks, values, weights, total, draw=None, stratum=None, ridge=CUBIC_RIDGE):
+    """Shapley values `[M]` of one instance by the cubic surrogate (see above), and with
+    `draw`/`stratum` (as in `Coalitions`) their standard errors `[M]`.
+
+    The standard errors are the sandwich (infinitesimal-jackknife) variance of the fit over
+    the random draws, resampled within their strata: each row's influence on the estimate,
+    its residual inflated by `1 / (1 - leverage)` (HC3, for the on-sample residuals of a fit
+    with many terms), summed over the rows of its draw; enumerated rows (`draw = -1`) add
+    nothing. The ridge's bias is not in them.
+    """
+    num_rows, num_features = masks.shape
+    dtype = values.dtype
+    triples, to_phi = _cubic_terms(num_features)
+    # an enumerated design is a constant: keep XLA from folding its [P, P] Gram at compile
+    # time (seconds in its slow constant evaluator)
+    masks, weights = jax.lax.optimization_barrier((masks, weights))
+    z = masks.astype(dtype)
+    c = z - 0.5
+    h = c[:, triples[:, 0]] * c[:, triples[:, 1]] * c[:, triples[:, 2]] + 0.125
+    last = z[:, -1:]
+    design = jnp.concatenate([z[:, :-1] - last, h - 0.25 * last], axis=1)  # [S, P]
+    y2 = values - last[:, 0] * total
+    dw = design * weights[:, None]
+    gram = dw.T @ design
+    diag = jnp.diagonal(gram)
+    cubic = jnp.arange(gram.shape[0]) >= num_features - 1
+    scale = jnp.sum(jnp.where(cubic, diag, 0)) / max(1, len(triples))
+    # the cubic columns' ridge, and float round-off of jitter (at Cholesky's error bound) so
+    # that the factor exists where too few coalitions leave the linear block singular
+    jitter = gram.shape[0] * jnp.finfo(dtype).eps * jnp.mean(diag)  # Cholesky's round-off bound
+    penalty = jnp.where(cubic, ridge * scale, 0.0) + jitter
+    factor = jax.scipy.linalg.cho_factor(gram + jnp.diag(penalty))
+    coef = jax.scipy.linalg.cho_solve(factor, dw.T @ y2)
+    to_phi = jnp.asarray(to_phi, dtype)
+    # the last value from efficiency (what `to_phi`'s last row says, without its round-off
+    # where too few coalitions leave large coefficients)
+    phi_rest = to_phi[:-1] @ coef
+    phi = jnp.concatenate([phi_rest, (total - jnp.sum(phi_rest))[None]])
+    if draw is None:
+        return phi
+    residual = y2 - design @ coef
+    inverse_rows = jax.scipy.linalg.cho_solve(factor, design.T)  # [P, S]
+    leverage = weights * jnp.sum(design.T * inverse_rows, axis=0)
+    influence = (to_phi @ inverse_rows).T * (weights * residual)[:, None]  # [S, M]
+    slot = jnp.where(draw >= 0, draw, num_rows)
+    per_draw = jnp.zeros((num_rows, num_features), dtype).at[slot].add(influence, mode="drop")
+    # leave-one-draw-out: a coalition's complement has the negated design row, so the pair
+    # acts as one row whose leverage is the sum of theirs; a draw the fit passes through
+    # (leverage ~1, residual ~0) keeps a finite inflation
+    draw_leverage = jnp.zeros(num_rows, dtype).at[slot].add(leverage, mode="drop")
+    per_draw = per_draw / jnp.maximum(1.0 - draw_leverage, 1e-3)[:, None]
+    of_draw, present = _strata_of_draws(draw, stratum)
+    group = jnp.where(present, of_draw, num_rows)
+    count = jnp.zeros(num_rows + 1, dtype).at[group].add(1.0)
+    mean = jnp.zeros((num_rows + 1, num_features), dtype).at[group].add(per_draw)
+    mean = mean / jnp.maximum(count, 1.0)[:, None]
+    spread = jnp.where(present[:, None], (per_draw - mean[group]) ** 2, 0.0)
+    scale_h = count / jnp.maximum(count - 1.0, 1.0)
+    variance = jnp.sum(spread * scale_h[group][:, None], axis=0)
+    return phi, jnp.sqrt(variance)

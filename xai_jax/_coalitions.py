@@ -312,7 +312,7 @@ class Coalitions(NamedTuple):
 
     `masks [S, M]` (True: the feature takes the instance's value) and `weights [S]` (the
     regression weights, summing to 1) are the design. `draw [S]` and `stratum [S]` say how it
-    was drawn, for the bootstrap standard errors: rows with the same `draw >= 0` came from one
+    was drawn, for the standard errors: rows with the same `draw >= 0` came from one
     random draw (a coalition and its complement) and are resampled together, among the draws
     of the same `stratum` (an int in `[0, S)`); rows with `draw = -1` are not random (an
     enumerated part) and are kept in every bootstrap replicate.
@@ -590,11 +590,11 @@ def cubic_shapley(masks, values, weights, total, draw=None, stratum=None, ridge=
     """Shapley values `[M]` of one instance by the cubic surrogate (see above), and with
     `draw`/`stratum` (as in `Coalitions`) their standard errors `[M]`.
 
-    The standard errors are the sandwich (infinitesimal-jackknife) variance of the fit over
-    the random draws, resampled within their strata: each row's influence on the estimate,
-    its residual inflated by `1 / (1 - leverage)` (HC3, for the on-sample residuals of a fit
-    with many terms), summed over the rows of its draw; enumerated rows (`draw = -1`) add
-    nothing. The ridge's bias is not in them.
+    The standard errors are the leave-one-draw-out (jackknife, HC3-style) sandwich variance
+    of the fit over the random draws, within their strata: each draw's influence on the
+    estimate (its rows' summed), inflated by `1 / (1 - the draw's leverage)` for the
+    on-sample residuals of a fit with many terms; enumerated rows (`draw = -1`) add nothing.
+    The ridge's bias is not in them.
     """
     num_rows, num_features = masks.shape
     dtype = values.dtype
@@ -615,7 +615,7 @@ def cubic_shapley(masks, values, weights, total, draw=None, stratum=None, ridge=
     scale = jnp.sum(jnp.where(cubic, diag, 0)) / max(1, len(triples))
     # the cubic columns' ridge, and float round-off of jitter (at Cholesky's error bound) so
     # that the factor exists where too few coalitions leave the linear block singular
-    jitter = gram.shape[0] * jnp.finfo(dtype).eps * jnp.mean(diag)  # Cholesky's round-off bound
+    jitter = gram.shape[0] * jnp.finfo(dtype).eps * jnp.mean(diag)
     penalty = jnp.where(cubic, ridge * scale, 0.0) + jitter
     factor = jax.scipy.linalg.cho_factor(gram + jnp.diag(penalty))
     coef = jax.scipy.linalg.cho_solve(factor, dw.T @ y2)

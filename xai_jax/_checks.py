@@ -124,13 +124,9 @@ def as_float_array(name: str, value, *, min_ndim: int = 0, finite: bool = True) 
     # Host data is checked where it is, in the dtype it will get (a float64 1e39 is inf in
     # float32): checking the converted array would wait for its transfer to the device, and for
     # whatever the device is still running.
-    host = finite and isinstance(value, np.ndarray | np.generic | int | float)
+    host = finite and _is_host(value)
     if host:
-        data = np.asarray(value)
-        if np.issubdtype(data.dtype, np.floating):
-            dtype = jax.dtypes.canonicalize_dtype(data.dtype)
-            with np.errstate(over="ignore", invalid="ignore"):
-                check_finite(name, data.astype(dtype, copy=False))
+        check_finite_input(name, value)
     try:
         arr = jnp.asarray(value)
     except TypeError as err:
@@ -146,6 +142,25 @@ def as_float_array(name: str, value, *, min_ndim: int = 0, finite: bool = True) 
     if finite and not host:  # JAX arrays, sequences, tracers (skipped)
         check_finite(name, arr)
     return arr
+
+
+def _is_host(value) -> bool:
+    return isinstance(value, np.ndarray | np.generic | int | float)
+
+
+def check_finite_input(name: str, value) -> None:
+    """`check_finite` of an input as `as_float_array` checks it: host data (NumPy, Python
+    numbers) in the floating dtype it will get, an array as it is."""
+    if not _is_host(value):
+        check_finite(name, value)
+        return
+    data = np.asarray(value)
+    if np.issubdtype(data.dtype, np.floating):
+        dtype = jax.dtypes.canonicalize_dtype(data.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            data = data.astype(dtype, copy=False)
+            if not np.isfinite(data).all():
+                check_finite(name, data)  # raises, saying where
 
 
 @jax.jit

@@ -167,12 +167,13 @@ class Target(NamedTuple):
     valid: jax.Array | None  # [batch] bool, only when the target was traced (cannot raise)
 
 
-def as_target(target, out: jax.ShapeDtypeStruct, batch: int) -> Target:
+def as_target(target, out: jax.ShapeDtypeStruct, batch: int, *, device: bool = True) -> Target:
     """Flat per-example output index by alibi's rules, range-checked when concrete.
 
     `out` is the model's output shape for `batch` rows. None only for one value per example;
     an int or an int array `[batch]` for outputs `[batch, k]`; an int matrix `[batch, rank - 1]`
     for outputs of higher rank. A traced target cannot raise: `valid` marks its rows in range.
+    With `device=False` a concrete target's index stays a NumPy array (a check only).
     """
     shape = tuple(out.shape[1:])
     size = math.prod(shape)
@@ -214,5 +215,4 @@ def as_target(target, out: jax.ShapeDtypeStruct, batch: int) -> Target:
         valid = jnp.all((t >= 0) & (t < jnp.asarray(dims, t.dtype)[None]), axis=1)
     strides = np.cumprod((1, *shape[:0:-1]))[::-1]
     index = xp.sum(t.astype(np.int32) * strides.astype(np.int32)[None], axis=1, dtype=np.int32)
-    index = jnp.asarray(index)
-    return Target(index, valid)
+    return Target(jnp.asarray(index) if device else index, valid)

@@ -27,9 +27,9 @@ import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PyTree
 
-from xai_jax import _chunks, _incremental
-from xai_jax._blackbox import as_model, mark_invalid, model_output, selected
-from xai_jax._checks import as_key, as_row_keys, check_bool, check_positive_int
+from xai_jax import _chunks, _eager, _incremental
+from xai_jax._blackbox import HostFunction, as_model, mark_invalid, model_output, selected
+from xai_jax._checks import as_key, as_row_keys, check_bool, check_finite_input, check_positive_int
 from xai_jax._features import as_feature_groups
 from xai_jax._inputs import as_background, as_baselines, as_forward_kwargs, as_inputs, as_target
 
@@ -196,13 +196,21 @@ def _attributions(config: _Config, t, batch_size: int | None):
     """The attributions from the `batch * num_codes * num_base` model rows: one compiled call
     when they fit one chunk, else the chunked rows (`_chunks.map_rows`) and then `_finish`."""
     num_rows = _num_rows(config)
-    per_row = sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(config.x))
-    chunk = _chunks.rows_per_chunk(num_rows, per_row, batch_size)
+    chunk = _rows_per_chunk(config, batch_size)
     if chunk >= num_rows:
         return _chunks.call(_whole, config, t.valid)
     rows = np.arange(num_rows, dtype=np.int32)
     v = _chunks.map_rows(_rows_chunk, config, rows, num_rows, chunk)
     return _chunks.call(_finish, config, (v, t.valid))
+
+
+def _rows_per_chunk(config: _Config, batch_size: int | None) -> int:
+    per_row = sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(config.x))
+    return _chunks.rows_per_chunk(_num_rows(config), per_row, batch_size)
+
+
+def _num_chunks(config: _Config, batch_size: int | None) -> int:
+    return -(-_num_rows(config) // _rows_per_chunk(config, batch_size))
 
 
 def _whole(config: _Config, valid):
@@ -264,7 +272,36 @@ def _setup(fn, x, target, forward_kwargs, rows_per_example: int, batch_size):
     chunk = batch_size if batch_size is not None else max(1, min(rows_per_example, 1024))
     model, out = _model(fn, inputs.x, kwargs, inputs.batch, chunk)
     t = as_target(target, out, inputs.batch)
-    return inputs, kwargs, model, t
+    return inputs, kwargs, model, t, out
+
+
+class _Prepared(NamedTuple):
+    """A method's checked arguments (`_eager`'s protocol): `run()` gives the attributions."""
+
+    config: _Config
+    target: Any  # _inputs.Target
+    batch_size: int | None
+    out: jax.ShapeDtypeStruct  # the model's output for the batch
+
+    def run(self):
+        return _attributions(self.config, self.target, self.batch_size)
+
+    def plan(self) -> _eager.Plan | None:
+        """A later eager call's checks: NaN/inf in `x` and the baselines, the target's range.
+        None (no compiled whole) for a NumPy black box or rows in several chunks (a traced
+        loop over chunks is slower than the eager host loop: PERF_NOTES, convolutions)."""
+        config = self.config
+        if isinstance(config.model, HostFunction) or _num_chunks(config, self.batch_size) > 1:
+            return None
+        out, batch = self.out, jax.tree.leaves(config.x)[0].shape[0]
+
+        def recheck(arrays: dict) -> None:
+            for name in ("x", "baselines"):
+                for leaf in jax.tree.leaves(arrays.get(name)):
+                    check_finite_input(name, leaf)
+            as_target(arrays["target"], out, batch, device=False)
+
+        return _eager.Plan(recheck)
 
 
 def feature_ablation(
@@ -316,13 +353,20 @@ def feature_ablation(
         >>> feature_ablation(f, jnp.array([[1.0, 2.0, 3.0]]), feature_mask=jnp.array([0, 0, 1]))
         Array([[2., 2., 3.]], dtype=float32)
     """
-    inputs, kwargs, model, t = _setup(fn, x, target, forward_kwargs, 1024, batch_size)
+    arrays = dict(x=x, baselines=baselines, target=target, forward_kwargs=forward_kwargs)
+    return _eager.call(
+        _feature_ablation, fn, arrays, dict(feature_mask=feature_mask, batch_size=batch_size)
+    )
+
+
+def _feature_ablation(fn, x, baselines, target, forward_kwargs, feature_mask, batch_size):
+    inputs, kwargs, model, t, out = _setup(fn, x, target, forward_kwargs, 1024, batch_size)
     labels, g = as_feature_groups(feature_mask, inputs.x)
     base, _, _ = _references(baselines, inputs.x, inputs.batch, False)
     config = _Config(
         model, "groups", inputs.x, base, "example", 1, g + 1, labels, kwargs, t.index, num_groups=g
     )
-    return _attributions(config, t, batch_size)
+    return _Prepared(config, t, batch_size, out)
 
 
 def _as_shape(name: str, value, ndim: int, leaf_shape) -> tuple:
@@ -393,7 +437,21 @@ def occlusion(
         Array([[[2., 2.],
                 [2., 2.]]], dtype=float32)
     """
-    inputs, kwargs, model, t = _setup(fn, x, target, forward_kwargs, 1024, batch_size)
+    arrays = dict(x=x, baselines=baselines, target=target, forward_kwargs=forward_kwargs)
+    statics = dict(
+        sliding_window_shapes=sliding_window_shapes,
+        strides=strides,
+        batch_size=batch_size,
+        incremental=_incremental.ENABLED,
+    )
+    return _eager.call(_occlusion, fn, arrays, statics)
+
+
+def _occlusion(
+    fn, x, baselines, target, forward_kwargs, sliding_window_shapes, strides, batch_size,
+    incremental,
+):  # fmt: skip
+    inputs, kwargs, model, t, out = _setup(fn, x, target, forward_kwargs, 1024, batch_size)
     leaves = jax.tree.leaves(inputs.x)
     single = len(leaves) == 1 and jax.tree.structure(inputs.x).num_nodes == 1
     if single:
@@ -426,9 +484,9 @@ def occlusion(
     config = _Config(
         model, "windows", inputs.x, base, "example", 1, offset + 1, None, kwargs, t.index,
         windows=tuple(windows),
-        incremental=_incremental.ENABLED and single and not kwargs,
+        incremental=incremental and single and not kwargs,
     )  # fmt: skip
-    return _attributions(config, t, batch_size)
+    return _Prepared(config, t, batch_size, out)
 
 
 class _Orders(NamedTuple):
@@ -512,7 +570,13 @@ def shapley_values(
         >>> shapley_values(f, jnp.ones((1, 3)))
         Array([[0.5, 0.5, 1. ]], dtype=float32)
     """
-    inputs, _, model, t = _setup(fn, x, target, None, 1024, batch_size)
+    arrays = dict(x=x, baselines=baselines, target=target)
+    statics = dict(feature_mask=feature_mask, batch_size=batch_size)
+    return _eager.call(_shapley_values, fn, arrays, statics)
+
+
+def _shapley_values(fn, x, baselines, target, feature_mask, batch_size):
+    inputs, _, model, t, out = _setup(fn, x, target, None, 1024, batch_size)
     labels, d = as_feature_groups(feature_mask, inputs.x)
     if d > MAX_EXACT_FEATURES:
         raise ValueError(
@@ -524,7 +588,7 @@ def shapley_values(
     config = _Config(
         model, "coalitions", inputs.x, base, mode, nb, 2**d, labels, {}, t.index, num_groups=d
     )
-    return _attributions(config, t, batch_size)
+    return _Prepared(config, t, batch_size, out)
 
 
 def shapley_value_sampling(
@@ -578,9 +642,19 @@ def shapley_value_sampling(
         >>> shapley_value_sampling(jax.random.key(0), f, jnp.ones((1, 2)), n_samples=4)
         Array([[2., 1.]], dtype=float32)
     """
+    arrays = dict(key=key, x=x, baselines=baselines, target=target)
+    statics = dict(
+        feature_mask=feature_mask, n_samples=n_samples, antithetic=antithetic, batch_size=batch_size
+    )
+    return _eager.call(_shapley_value_sampling, fn, arrays, statics)
+
+
+def _shapley_value_sampling(
+    fn, key, x, baselines, target, feature_mask, n_samples, antithetic, batch_size
+):
     n_samples = check_positive_int("n_samples", n_samples)
     antithetic = check_bool("antithetic", antithetic)
-    inputs, _, model, t = _setup(fn, x, target, None, 1024, batch_size)
+    inputs, _, model, t, out = _setup(fn, x, target, None, 1024, batch_size)
     keys = as_row_keys(key, inputs.batch)
     labels, d = as_feature_groups(feature_mask, inputs.x)
     base, mode, nb = _references(baselines, inputs.x, inputs.batch, True)
@@ -589,7 +663,7 @@ def shapley_value_sampling(
         model, "orders", inputs.x, base, mode, nb, 2 + n_samples * (d - 1), labels, {}, t.index,
         extra=ranks, num_samples=n_samples, num_groups=d,
     )  # fmt: skip
-    return _attributions(config, t, batch_size)
+    return _Prepared(config, t, batch_size, out)
 
 
 def feature_permutation(
@@ -636,8 +710,14 @@ def feature_permutation(
         Array([[ 1., -2.],
                [-1.,  2.]], dtype=float32)
     """
+    arrays = dict(key=key, x=x, target=target)
+    statics = dict(feature_mask=feature_mask, batch_size=batch_size)
+    return _eager.call(_feature_permutation, fn, arrays, statics)
+
+
+def _feature_permutation(fn, key, x, target, feature_mask, batch_size):
     key = as_key(key)
-    inputs, _, model, t = _setup(fn, x, target, None, 1024, batch_size)
+    inputs, _, model, t, out = _setup(fn, x, target, None, 1024, batch_size)
     b = inputs.batch
     if b < 2:
         raise ValueError(f"x must have at least 2 examples to permute across, got {b}")
@@ -653,4 +733,4 @@ def feature_permutation(
         model, "groups", inputs.x, inputs.x, "permuted", 1, g + 1, labels, {}, t.index,
         extra=perms, num_groups=g,
     )  # fmt: skip
-    return _attributions(config, t, batch_size)
+    return _Prepared(config, t, batch_size, out)

@@ -1,0 +1,133 @@
+"""Repeated eager calls: the checks once, then one compiled program.
+
+An eager call of a method checks and converts its arguments in Python, operation by operation
+(arrays moved to the device, the model's output shape looked up, the target parsed): about
+0.5 ms on the 2-core machines, as much as the model rows of a small method, and more right
+after a large computation, when the interpreter runs on cold caches. `call` does that work on
+the first call with a given function, options and argument shapes (the method's `prepare`
+step) and compiles the whole method once; a later call with the same signature re-checks only
+what depends on the values (`Plan.recheck`: NaN/inf in the inputs, the target's range) and
+dispatches the compiled program. The numbers are those of the op-by-op path (the same code,
+traced). A call under the user's `jit`, `vmap` or `grad`, an unhashable function or option,
+or a method whose `prepare` offers no plan (rows in several chunks, a NumPy black box) runs
+the method as it is.
+
+The protocol: `prepare(fn, **arrays, **statics)` checks everything on concrete values (or
+traces) and returns an object with `run()` (the result) and `plan()` (a `Plan`, or None where
+a compiled whole is not the method's fast path). `arrays` are the arguments that may be traced
+(inputs, baselines, targets, keys, forward kwargs: a pytree of arrays and Python numbers);
+`statics` the options that shape the program (hashable, or NumPy/JAX arrays hashed by value,
+such as a feature mask).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from xai_jax._checks import is_traced
+
+
+class Plan(NamedTuple):
+    """What a later call with the same signature checks before the compiled program runs:
+    `recheck(arrays)` raises as the first call's checks would have, on what depends on values."""
+
+    recheck: Callable[[dict], None]
+
+
+# Plans by signature (`_key`), at most `MAX_PLANS` (the oldest dropped first).
+MAX_PLANS = 512
+_PLANS: dict = {}
+
+
+class _Frozen:
+    """An array option (a feature mask) as a hashable value: equal when shape, dtype and
+    bytes are."""
+
+    def __init__(self, value):
+        self.array = np.asarray(value)
+        self._key = (self.array.shape, self.array.dtype.str, self.array.tobytes())
+        self._hash = hash(self._key)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Frozen) and self._key == other._key
+
+
+def call(prepare: Callable, fn: Callable, arrays: dict, statics: dict) -> Any:
+    """`prepare(fn, **arrays, **statics).run()`, compiled once per signature (module doc)."""
+    frozen = _freeze_statics(statics)
+    # Concrete arguments met inside the user's trace take this path too: the compiled whole
+    # is then a nested `jit` (what tracing the method inline would stage).
+    if frozen is None or is_traced(arrays, ambient=False) or not _hashable(fn):
+        return prepare(fn, **arrays, **statics).run()
+    leaves, treedef = jax.tree.flatten(arrays)
+    key = (prepare, fn, frozen, treedef, tuple(_signature(leaf) for leaf in leaves))
+    plan = _PLANS.get(key)
+    if plan is None:
+        prepared = prepare(fn, **arrays, **statics)  # every check, on the concrete values
+        plan = prepared.plan()
+        if plan is None:
+            return prepared.run()
+        if len(_PLANS) >= MAX_PLANS:
+            del _PLANS[next(iter(_PLANS))]
+        _PLANS[key] = plan
+    else:
+        plan.recheck(arrays)
+    return _compiled(prepare, fn, frozen)(arrays)
+
+
+@functools.lru_cache(maxsize=MAX_PLANS)
+def _compiled(prepare: Callable, fn: Callable, frozen: tuple) -> Callable:
+    statics = {name: _thaw(value) for name, value in frozen}
+    return jax.jit(lambda arrays: prepare(fn, **arrays, **statics).run())
+
+
+def _freeze_statics(statics: dict) -> tuple | None:
+    """`statics` as a hashable tuple (lists as tuples, arrays by value), None if it cannot be."""
+    try:
+        frozen = tuple((name, _freeze(value)) for name, value in sorted(statics.items()))
+        hash(frozen)
+    except TypeError:
+        return None
+    return frozen
+
+
+def _freeze(value):
+    if isinstance(value, np.ndarray | jax.Array):
+        if is_traced(value, ambient=False):
+            raise TypeError("a traced option")  # not ours to freeze: the method raises
+        return _Frozen(value)
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value  # a dict or another unhashable option: the caller's hash() fails
+
+
+def _thaw(value):
+    if isinstance(value, _Frozen):
+        return value.array
+    if isinstance(value, tuple):
+        return tuple(_thaw(v) for v in value)
+    return value
+
+
+def _hashable(value) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _signature(leaf) -> tuple:
+    """What the compiled program and the plan's checks depend on: shape, dtype, weak type (a
+    Python number: its type; its value is an argument)."""
+    if isinstance(leaf, np.ndarray | np.generic | jax.Array):
+        return (leaf.shape, str(leaf.dtype), bool(getattr(leaf, "weak_type", False)))
+    return (type(leaf),)

@@ -12,7 +12,9 @@ from xai_jax import (
     _incremental,
     feature_ablation,
     feature_permutation,
+    input_x_gradient,
     occlusion,
+    saliency,
     shapley_value_sampling,
     shapley_values,
 )
@@ -38,7 +40,10 @@ CALLS = {
         KEY, _model, x, feature_mask=MASK, n_samples=4, **kw
     ),
     "feature_permutation": lambda x, **kw: feature_permutation(KEY, _model, x, **kw),
+    "saliency": lambda x, **kw: saliency(_model, x, **kw),
+    "input_x_gradient": lambda x, **kw: input_x_gradient(_model, x, **kw),
 }
+NO_BASELINES = {"feature_permutation", "saliency", "input_x_gradient"}
 
 
 def _op_by_op(monkeypatch, call, x, **kw):
@@ -72,7 +77,7 @@ def test_a_planned_call_still_rejects_bad_values(name):
         call(bad, target=target)
     with pytest.raises(ValueError, match=r"target out of range .* rows \[3\]"):
         call(_x(), target=np.array([0, 2, 1, 3]))
-    if name != "feature_permutation":  # (no baselines)
+    if name not in NO_BASELINES:
         with pytest.raises(ValueError, match="baselines contains NaN or inf"):
             call(_x(), target=target, baselines=float("nan"))
     # float64 host data is checked in the dtype it gets: 1e39 is inf in float32

@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from xai_jax._checks import is_traced
+from xai_jax._checks import check_finite_input, is_traced
+from xai_jax._inputs import as_target
 
 
 class Plan(NamedTuple):
@@ -37,6 +38,20 @@ class Plan(NamedTuple):
     `recheck(arrays)` raises as the first call's checks would have, on what depends on values."""
 
     recheck: Callable[[dict], None]
+
+
+def value_checks(out: jax.ShapeDtypeStruct, batch: int, finite: tuple[str, ...]) -> Plan:
+    """The plan of a method whose value-dependent checks are NaN/inf in the arrays named in
+    `finite` (`x`, `baselines`: as `as_float_array` checks them) and the target's range on the
+    model's output `out` for `batch` rows (`as_target`)."""
+
+    def recheck(arrays: dict) -> None:
+        for name in finite:
+            for leaf in jax.tree.leaves(arrays.get(name)):
+                check_finite_input(name, leaf)
+        as_target(arrays["target"], out, batch, device=False)
+
+    return Plan(recheck)
 
 
 # Plans by signature (`_key`), at most `MAX_PLANS` (the oldest dropped first).

@@ -19,7 +19,7 @@ import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PyTree
 
-from xai_jax import _chunks, _paths, _upsample
+from xai_jax import _chunks, _eager, _paths, _upsample
 from xai_jax._blackbox import mark_invalid, model_output, selected, shape_of
 from xai_jax._checks import (
     as_key,
@@ -46,10 +46,16 @@ __all__ = [
 
 def _operands(fn: Callable, x: Any, target: Any, forward_kwargs: Any) -> _paths.Operands:
     """Checked inputs, keyword arguments and target of a map at `x` (no baselines)."""
+    return _checked(fn, x, target, forward_kwargs)[0]
+
+
+def _checked(fn: Callable, x: Any, target: Any, forward_kwargs: Any):
+    """`_operands` and the model's output shape (what a plan's target check needs)."""
     inputs = as_inputs(x)
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
-    t = as_target(target, model_output(fn, inputs.x, kwargs), inputs.batch)
-    return _paths.Operands(inputs.x, None, t.index, t.valid, kwargs)
+    out = model_output(fn, inputs.x, kwargs)
+    t = as_target(target, out, inputs.batch)
+    return _paths.Operands(inputs.x, None, t.index, t.valid, kwargs), out
 
 
 def _target_grad(fn: Callable, x: Any, ops: _paths.Operands) -> Any:
@@ -67,6 +73,32 @@ class _InputConfig(NamedTuple):
     fn: Callable  # the model
     abs: bool  # saliency: the gradient's absolute value
     by_inputs: bool  # input_x_gradient: times the input
+
+
+class _PreparedMap(NamedTuple):
+    """A map's checked arguments (`_eager`'s protocol): one compiled program per signature for
+    repeated eager calls; a later call re-checks NaN/inf in `x` and the target's range."""
+
+    config: _InputConfig
+    ops: _paths.Operands
+    out: jax.ShapeDtypeStruct  # the model's output for the batch
+
+    def run(self):
+        return _chunks.call(_input_map, self.config, self.ops)
+
+    def plan(self) -> _eager.Plan:
+        return _eager.value_checks(self.out, _paths.batch_of(self.ops.x), ("x",))
+
+
+def _prepare_input_map(fn, x, target, forward_kwargs, use_abs, by_inputs):
+    ops, out = _checked(fn, x, target, forward_kwargs)
+    return _PreparedMap(_InputConfig(fn, use_abs, by_inputs), ops, out)
+
+
+def _input_map_call(fn, x, target, forward_kwargs, use_abs: bool, by_inputs: bool):
+    arrays = dict(x=x, target=target, forward_kwargs=forward_kwargs)
+    statics = dict(use_abs=use_abs, by_inputs=by_inputs)
+    return _eager.call(_prepare_input_map, fn, arrays, statics)
 
 
 def _input_map(config: _InputConfig, ops: _paths.Operands) -> Any:
@@ -116,8 +148,7 @@ def saliency(
         Array([[1., 2.]], dtype=float32)
     """
     use_abs = check_bool("abs", abs)
-    ops = _operands(fn, x, target, forward_kwargs)
-    return _chunks.call(_input_map, _InputConfig(fn, use_abs, False), ops)
+    return _input_map_call(fn, x, target, forward_kwargs, use_abs, False)
 
 
 def input_x_gradient(
@@ -150,8 +181,7 @@ def input_x_gradient(
         >>> input_x_gradient(fn, jnp.array([[0.5, 3.0]]), target=0)
         Array([[ 0.5, -6. ]], dtype=float32)
     """
-    ops = _operands(fn, x, target, forward_kwargs)
-    return _chunks.call(_input_map, _InputConfig(fn, False, True), ops)
+    return _input_map_call(fn, x, target, forward_kwargs, False, True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from jaxtyping import Array, Float, PyTree
 
 from xai_jax import _chunks, _eager, _incremental
 from xai_jax._blackbox import HostFunction, as_model, mark_invalid, model_output, selected
-from xai_jax._checks import as_key, as_row_keys, check_bool, check_finite_input, check_positive_int
+from xai_jax._checks import as_key, as_row_keys, check_bool, check_positive_int
 from xai_jax._features import as_feature_groups
 from xai_jax._inputs import as_background, as_baselines, as_forward_kwargs, as_inputs, as_target
 
@@ -293,15 +293,8 @@ class _Prepared(NamedTuple):
         config = self.config
         if isinstance(config.model, HostFunction) or _num_chunks(config, self.batch_size) > 1:
             return None
-        out, batch = self.out, jax.tree.leaves(config.x)[0].shape[0]
-
-        def recheck(arrays: dict) -> None:
-            for name in ("x", "baselines"):
-                for leaf in jax.tree.leaves(arrays.get(name)):
-                    check_finite_input(name, leaf)
-            as_target(arrays["target"], out, batch, device=False)
-
-        return _eager.Plan(recheck)
+        batch = jax.tree.leaves(config.x)[0].shape[0]
+        return _eager.value_checks(self.out, batch, ("x", "baselines"))
 
 
 def feature_ablation(

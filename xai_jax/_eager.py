@@ -32,6 +32,8 @@ import numpy as np
 from xai_jax._checks import check_finite_input, is_traced
 from xai_jax._inputs import as_target
 
+__all__ = ["MAX_PLANS", "Plan", "call", "value_checks"]
+
 
 class Plan(NamedTuple):
     """What a later call with the same signature checks before the compiled program runs:
@@ -54,7 +56,7 @@ def value_checks(out: jax.ShapeDtypeStruct, batch: int, finite: tuple[str, ...])
     return Plan(recheck)
 
 
-# Plans by signature (`_key`), at most `MAX_PLANS` (the oldest dropped first).
+# Plans by signature (the key `call` builds), at most `MAX_PLANS` (the oldest dropped first).
 MAX_PLANS = 512
 _PLANS: dict = {}
 

@@ -10,11 +10,23 @@ import pytest
 from xai_jax import (
     _eager,
     _incremental,
+    deconvolution,
+    deeplift,
+    deeplift_shap,
     feature_ablation,
     feature_permutation,
+    gradient_shap,
+    guided_backprop,
+    infidelity,
     input_x_gradient,
+    layer_activation,
+    layer_deeplift,
+    layer_gradcam,
+    layer_gradient_x_activation,
+    lrp,
     occlusion,
     saliency,
+    sensitivity_max,
     shapley_value_sampling,
     shapley_values,
 )
@@ -30,8 +42,26 @@ def _x(seed=1, n=4):
     return np.random.default_rng(seed).normal(size=(n, 6)).astype(np.float32)
 
 
+def _relu_model(z):  # for the propagation rules: ReLU and tanh units
+    return jax.nn.relu(z @ W) + jnp.tanh(z[:, :3])
+
+
+def _layer(z):  # [batch, 3, 2]: a spatial axis of 3, 2 channels (Grad-CAM's layout)
+    return jnp.tanh(1.5 * z.reshape(len(z), 3, 2))
+
+
+def _head(h):
+    return h.reshape(len(h), -1) @ W
+
+
+def _explain(v):  # sensitivity_max's attribution function
+    return saliency(_model, v, target=0)
+
+
 MASK = np.array([0, 0, 1, 1, 2, 2])
 KEY = jax.random.key(3)
+BACKGROUND = np.random.default_rng(5).normal(size=(3, 6)).astype(np.float32)
+ATTR = _x(7)
 CALLS = {
     "occlusion": lambda x, **kw: occlusion(_model, x, sliding_window_shapes=(2,), **kw),
     "feature_ablation": lambda x, **kw: feature_ablation(_model, x, feature_mask=MASK, **kw),
@@ -42,8 +72,40 @@ CALLS = {
     "feature_permutation": lambda x, **kw: feature_permutation(KEY, _model, x, **kw),
     "saliency": lambda x, **kw: saliency(_model, x, **kw),
     "input_x_gradient": lambda x, **kw: input_x_gradient(_model, x, **kw),
+    "gradient_shap": lambda x, baselines=BACKGROUND, **kw: gradient_shap(
+        KEY, _model, x, baselines, n_samples=3, stdevs=0.1, **kw
+    ),
+    "layer_activation": lambda x, target=None: layer_activation(_layer, _head, x),
+    "layer_gradient_x_activation": lambda x, **kw: layer_gradient_x_activation(
+        _layer, _head, x, **kw
+    ),
+    "layer_gradcam": lambda x, **kw: layer_gradcam(_layer, _head, x, **kw),
+    "guided_backprop": lambda x, **kw: guided_backprop(_relu_model, x, **kw),
+    "deconvolution": lambda x, **kw: deconvolution(_relu_model, x, **kw),
+    "deeplift": lambda x, **kw: deeplift(_relu_model, x, **kw),
+    "deeplift_shap": lambda x, baselines=BACKGROUND, **kw: deeplift_shap(
+        _relu_model, x, baselines, **kw
+    ),
+    "layer_deeplift": lambda x, **kw: layer_deeplift(_layer, _head, x, **kw),
+    "lrp": lambda x, **kw: lrp(_relu_model, x, **kw),
+    "infidelity": lambda x, **kw: infidelity(KEY, _model, x, ATTR, **kw),
+    "sensitivity_max": lambda x, target=None: sensitivity_max(KEY, _explain, x),
 }
-NO_BASELINES = {"feature_permutation", "saliency", "input_x_gradient"}
+NO_BASELINES = {
+    "feature_permutation", "saliency", "input_x_gradient", "layer_activation",
+    "layer_gradient_x_activation", "layer_gradcam", "guided_backprop", "deconvolution", "lrp",
+    "infidelity", "sensitivity_max",
+}  # fmt: skip
+NO_TARGET = {"layer_activation", "sensitivity_max"}
+# A value-checked option of each method that has one: a bad value raises on a planned call too.
+SCALAR_OPTIONS = {
+    "gradient_shap": lambda x, v: gradient_shap(KEY, _model, x, BACKGROUND, stdevs=v, target=0),
+    "deeplift": lambda x, v: deeplift(_relu_model, x, eps=v, target=0),
+    "deeplift_shap": lambda x, v: deeplift_shap(_relu_model, x, BACKGROUND, eps=v, target=0),
+    "lrp": lambda x, v: lrp(_relu_model, x, epsilon=v, target=0),
+    "infidelity": lambda x, v: infidelity(KEY, _model, x, ATTR, stdev=v, target=0),
+    "sensitivity_max": lambda x, v: sensitivity_max(KEY, _explain, x, perturb_radius=v),
+}
 
 
 def _op_by_op(monkeypatch, call, x, **kw):
@@ -58,7 +120,9 @@ def _op_by_op(monkeypatch, call, x, **kw):
 def test_repeated_calls_equal_the_op_by_op_path(monkeypatch, name):
     call = CALLS[name]
     target = np.array([0, 2, 1, 0])
+    monkeypatch.setattr(_eager, "_PLANS", {})
     first, second = call(_x(), target=target), call(_x(), target=target)
+    assert len(_eager._PLANS) == 1  # the method is planned: the second call is compiled
     third = call(_x(2), target=target)  # new values, same signature: the compiled program
     np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
     for ours, x in ((first, _x()), (third, _x(2))):
@@ -75,15 +139,47 @@ def test_a_planned_call_still_rejects_bad_values(name):
     bad[1, 2] = np.nan
     with pytest.raises(ValueError, match=r"x contains NaN or inf .* at index \(1, 2\)"):
         call(bad, target=target)
-    with pytest.raises(ValueError, match=r"target out of range .* rows \[3\]"):
-        call(_x(), target=np.array([0, 2, 1, 3]))
+    if name not in NO_TARGET:
+        with pytest.raises(ValueError, match=r"target out of range .* rows \[3\]"):
+            call(_x(), target=np.array([0, 2, 1, 3]))
     if name not in NO_BASELINES:
+        nan = BACKGROUND * np.nan if name in ("gradient_shap", "deeplift_shap") else float("nan")
         with pytest.raises(ValueError, match="baselines contains NaN or inf"):
-            call(_x(), target=target, baselines=float("nan"))
+            call(_x(), target=target, baselines=nan)
     # float64 host data is checked in the dtype it gets: 1e39 is inf in float32
     call(_x().astype(np.float64), target=target)
     with pytest.raises(ValueError, match="x contains NaN or inf"):
         call(_x().astype(np.float64) * 1e39, target=target)
+
+
+@pytest.mark.parametrize("name", SCALAR_OPTIONS)
+def test_a_planned_call_still_rejects_bad_scalar_options(name):
+    call = SCALAR_OPTIONS[name]
+    first = call(_x(), 0.1)
+    np.testing.assert_array_equal(np.asarray(call(_x(), 0.1)), np.asarray(first))
+    with pytest.raises(ValueError, match=">= 0"):
+        call(_x(), -0.1)  # a traced scalar of the same signature: the plan checks its value
+    if name in ("gradient_shap", "deeplift", "deeplift_shap", "lrp"):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            call(_x(), float("inf"))
+
+
+def test_a_metric_rejects_nan_attributions_on_a_planned_call():
+    x, t = _x(), np.array([0, 2, 1, 0])
+    infidelity(KEY, _model, x, ATTR, target=t)
+    bad = ATTR.copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match="attributions contains NaN or inf"):
+        infidelity(KEY, _model, x, bad, target=t)
+
+
+def test_named_tuple_options_keep_their_type():
+    """A NamedTuple option (the propagation methods' spec) is hashed as a whole, not turned
+    into a plain tuple on the way to the compiled program."""
+    x, t = _x(), np.array([0, 2, 1, 0])
+    first = lrp(_relu_model, x, target=t)
+    np.testing.assert_array_equal(np.asarray(lrp(_relu_model, x, target=t)), np.asarray(first))
+    assert any(key[1] is _relu_model for key in _eager._PLANS)
 
 
 def test_options_and_the_incremental_switch_are_part_of_the_signature(monkeypatch):

@@ -17,7 +17,8 @@ traces) and returns an object with `run()` (the result) and `plan()` (a `Plan`, 
 a compiled whole is not the method's fast path). `arrays` are the arguments that may be traced
 (inputs, baselines, targets, keys, forward kwargs: a pytree of arrays and Python numbers);
 `statics` the options that shape the program (hashable, or NumPy/JAX arrays hashed by value,
-such as a feature mask).
+such as a feature mask; lists and tuples are frozen item by item, a NamedTuple is hashed as it
+is). Most `prepare`s return a `Prepared`: the result as a thunk and the plan.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from xai_jax._checks import check_finite_input, is_traced
+from xai_jax._checks import check_finite, check_finite_input, check_positive, is_traced
 from xai_jax._inputs import as_target
 
-__all__ = ["MAX_PLANS", "Plan", "call", "value_checks"]
+__all__ = ["MAX_PLANS", "Plan", "Prepared", "call", "value_checks"]
 
 
 class Plan(NamedTuple):
@@ -42,18 +43,45 @@ class Plan(NamedTuple):
     recheck: Callable[[dict], None]
 
 
-def value_checks(out: jax.ShapeDtypeStruct, batch: int, finite: tuple[str, ...]) -> Plan:
+def value_checks(
+    out: jax.ShapeDtypeStruct | None,
+    batch: int,
+    finite: tuple[str, ...],
+    nonnegative: tuple[str, ...] = (),
+    finite_scalars: tuple[str, ...] = (),
+) -> Plan:
     """The plan of a method whose value-dependent checks are NaN/inf in the arrays named in
-    `finite` (`x`, `baselines`: as `as_float_array` checks them) and the target's range on the
-    model's output `out` for `batch` rows (`as_target`)."""
+    `finite` (`x`, `baselines`: as `as_float_array` checks them), options named in
+    `nonnegative` (>= 0, as `check_positive(allow_zero=True)`) and in `finite_scalars`
+    (`check_finite`), and the target's range on the model's output `out` for `batch` rows
+    (`as_target`; None: a method without a target)."""
 
     def recheck(arrays: dict) -> None:
         for name in finite:
             for leaf in jax.tree.leaves(arrays.get(name)):
                 check_finite_input(name, leaf)
-        as_target(arrays["target"], out, batch, device=False)
+        for name in nonnegative:
+            check_positive(name, arrays[name], allow_zero=True)
+        for name in finite_scalars:
+            check_finite(name, arrays[name])
+        if out is not None:
+            as_target(arrays["target"], out, batch, device=False)
 
     return Plan(recheck)
+
+
+class Prepared(NamedTuple):
+    """What a method's `prepare` returns when its result is one thunk: `thunk()` computes it
+    from the checked arguments, `checks` is the plan (None: no compiled whole)."""
+
+    thunk: Callable[[], Any]
+    checks: Plan | None
+
+    def run(self) -> Any:
+        return self.thunk()
+
+    def plan(self) -> Plan | None:
+        return self.checks
 
 
 # Plans by signature (the key `call` builds), at most `MAX_PLANS` (the oldest dropped first).
@@ -121,7 +149,7 @@ def _freeze(value):
         if is_traced(value, ambient=False):
             raise TypeError("a traced option")  # not ours to freeze: the method raises
         return _Frozen(value)
-    if isinstance(value, list | tuple):
+    if type(value) in (list, tuple):  # not a NamedTuple: kept as it is (hashed as a whole)
         return tuple(_freeze(v) for v in value)
     return value  # a dict or another unhashable option: the caller's hash() fails
 
@@ -129,7 +157,7 @@ def _freeze(value):
 def _thaw(value):
     if isinstance(value, _Frozen):
         return value.array
-    if isinstance(value, tuple):
+    if type(value) is tuple:
         return tuple(_thaw(v) for v in value)
     return value
 

@@ -10,6 +10,7 @@ Captum's argument names and numbers; `target`, pytree inputs and `forward_kwargs
 other layer methods (`xai_jax.haiku.split`, `xai_jax.flax.split`, `xai_jax.equinox.split`).
 """
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -44,13 +45,9 @@ __all__ = [
 ]
 
 
-def _operands(fn: Callable, x: Any, target: Any, forward_kwargs: Any) -> _paths.Operands:
-    """Checked inputs, keyword arguments and target of a map at `x` (no baselines)."""
-    return _checked(fn, x, target, forward_kwargs)[0]
-
-
 def _checked(fn: Callable, x: Any, target: Any, forward_kwargs: Any):
-    """`_operands` and the model's output shape (what a plan's target check needs)."""
+    """Checked inputs, keyword arguments and target of a map at `x` (no baselines), and the
+    model's output shape (what a plan's target check needs)."""
     inputs = as_inputs(x)
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
     out = model_output(fn, inputs.x, kwargs)
@@ -75,24 +72,11 @@ class _InputConfig(NamedTuple):
     by_inputs: bool  # input_x_gradient: times the input
 
 
-class _PreparedMap(NamedTuple):
-    """A map's checked arguments (`_eager`'s protocol): one compiled program per signature for
-    repeated eager calls; a later call re-checks NaN/inf in `x` and the target's range."""
-
-    config: _InputConfig
-    ops: _paths.Operands
-    out: jax.ShapeDtypeStruct  # the model's output for the batch
-
-    def run(self):
-        return _chunks.call(_input_map, self.config, self.ops)
-
-    def plan(self) -> _eager.Plan:
-        return _eager.value_checks(self.out, _paths.batch_of(self.ops.x), ("x",))
-
-
 def _prepare_input_map(fn, x, target, forward_kwargs, use_abs, by_inputs):
+    """`_eager`'s protocol: a later call re-checks NaN/inf in `x` and the target's range."""
     ops, out = _checked(fn, x, target, forward_kwargs)
-    return _PreparedMap(_InputConfig(fn, use_abs, by_inputs), ops, out)
+    run = functools.partial(_chunks.call, _input_map, _InputConfig(fn, use_abs, by_inputs), ops)
+    return _eager.Prepared(run, _eager.value_checks(out, _paths.batch_of(ops.x), ("x",)))
 
 
 def _input_map_call(fn, x, target, forward_kwargs, use_abs: bool, by_inputs: bool):
@@ -272,15 +256,26 @@ def gradient_shap(
         >>> delta.shape
         (1, 5)
     """
-    key = as_key(key)
     n_samples = check_positive_int("n_samples", n_samples)
+    delta = check_bool("return_convergence_delta", return_convergence_delta)
+    arrays = dict(key=key, x=x, baselines=baselines, target=target,
+                  forward_kwargs=forward_kwargs, stdevs=stdevs)  # fmt: skip
+    return _eager.call(_prepare_shap, fn, arrays, dict(n_samples=n_samples, delta=delta))
+
+
+def _prepare_shap(fn, key, x, baselines, target, forward_kwargs, stdevs, n_samples, delta):
+    """`_eager`'s protocol: a later call re-checks NaN/inf in `x` and `baselines`, `stdevs`
+    and the target's range."""
+    key = as_key(key)
     check_positive("stdevs", stdevs, allow_zero=True)
     check_finite("stdevs", stdevs)
-    delta = check_bool("return_convergence_delta", return_convergence_delta)
-    data = _operands(fn, x, target, forward_kwargs)
+    data, out = _checked(fn, x, target, forward_kwargs)
     rows = as_background(baselines, data.x, "baselines")
     ops = _ShapOperands(data, rows, jnp.asarray(stdevs), key)
-    return _chunks.call(_shap_map, _ShapConfig(fn, n_samples, delta), ops)
+    run = functools.partial(_chunks.call, _shap_map, _ShapConfig(fn, n_samples, delta), ops)
+    scalars = ("stdevs",)  # >= 0 and finite
+    checks = _eager.value_checks(out, _paths.batch_of(data.x), ("x", "baselines"), scalars, scalars)
+    return _eager.Prepared(run, checks)
 
 
 def _shap_map(config: _ShapConfig, ops: _ShapOperands) -> Any:
@@ -335,15 +330,49 @@ class _LayerConfig(NamedTuple):
     relu: bool  # gradcam: relu of the map
 
 
-def _layer_operands(layer_fn, head_fn, x, target, forward_kwargs, *, needs_target=True):
-    """Checked operands and the layer's output shapes; the split is checked first."""
+def _prepare_layer(layer_fn, x, target, forward_kwargs, head_fn, mode, channel_axis, relu):
+    """`_eager`'s protocol for the layer maps: the split checked first, then the target (none
+    for `mode="activation"`) and Grad-CAM's layer; a later call re-checks NaN/inf in `x` and
+    the target's range."""
     inputs = as_inputs(x)
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
     model, layer = checked_split(layer_fn, head_fn, inputs.x, kwargs)
-    if not needs_target:
-        return _paths.Operands(inputs.x, None, None, None, kwargs), layer
-    t = as_target(target, model_output(model, inputs.x, kwargs), inputs.batch)
-    return _paths.Operands(inputs.x, None, t.index, t.valid, kwargs), layer
+    out = None
+    ops = _paths.Operands(inputs.x, None, None, None, kwargs)
+    if mode != "activation":
+        out = model_output(model, inputs.x, kwargs)
+        t = as_target(target, out, inputs.batch)
+        ops = ops._replace(index=t.index, valid=t.valid)
+    if mode == "gradcam":
+        channel_axis = _gradcam_axis(layer, channel_axis)
+    config = _LayerConfig(layer_fn, head_fn, mode, channel_axis, relu)
+    run = functools.partial(_chunks.call, _layer_map, config, ops)
+    return _eager.Prepared(run, _eager.value_checks(out, inputs.batch, ("x",)))
+
+
+def _layer_call(layer_fn, head_fn, x, target, forward_kwargs, mode, channel_axis=0, relu=False):
+    arrays = dict(x=x, target=target, forward_kwargs=forward_kwargs)
+    statics = dict(head_fn=head_fn, mode=mode, channel_axis=channel_axis, relu=relu)
+    return _eager.call(_prepare_layer, layer_fn, arrays, statics)
+
+
+def _gradcam_axis(layer, channel_axis: int) -> int:
+    """Grad-CAM's channel axis of the layer, checked and made non-negative."""
+    if not isinstance(layer, jax.ShapeDtypeStruct):
+        raise TypeError(f"layer_fn must return one array for layer_gradcam, got {layer}")
+    if layer.ndim < 3:
+        raise ValueError(
+            f"layer_gradcam needs a layer with spatial axes ([batch, ..., channels, ...] of "
+            f"rank >= 3), but layer_fn returns shape {layer.shape}"
+        )
+    axis = int(channel_axis)
+    if not -layer.ndim < axis < layer.ndim or axis == 0:
+        raise ValueError(
+            f"channel_axis={axis} is out of range for a layer of shape {layer.shape}: it must "
+            f"name a non-batch axis (1 <= channel_axis < {layer.ndim}, or -{layer.ndim - 1} "
+            "<= channel_axis <= -1)"
+        )
+    return axis % layer.ndim
 
 
 def _layer_map(config: _LayerConfig, ops: _paths.Operands) -> Any:
@@ -399,9 +428,7 @@ def layer_activation(
         >>> layer_activation(layer_fn, head_fn, jnp.array([[0.5, -1.0]]))
         Array([[0.5, 0. ]], dtype=float32)
     """
-    ops, _ = _layer_operands(layer_fn, head_fn, x, None, forward_kwargs, needs_target=False)
-    config = _LayerConfig(layer_fn, head_fn, "activation", 0, False)
-    return _chunks.call(_layer_map, config, ops)
+    return _layer_call(layer_fn, head_fn, x, None, forward_kwargs, "activation")
 
 
 def layer_gradient_x_activation(
@@ -442,9 +469,8 @@ def layer_gradient_x_activation(
         Array([[ 1., -6.]], dtype=float32)
     """
     by_inputs = check_bool("multiply_by_inputs", multiply_by_inputs)
-    ops, _ = _layer_operands(layer_fn, head_fn, x, target, forward_kwargs)
     mode = "gradient_x_activation" if by_inputs else "gradient"
-    return _chunks.call(_layer_map, _LayerConfig(layer_fn, head_fn, mode, 0, False), ops)
+    return _layer_call(layer_fn, head_fn, x, target, forward_kwargs, mode)
 
 
 def layer_gradcam(
@@ -502,23 +528,8 @@ def layer_gradcam(
         raise TypeError(
             f"channel_axis must be an int, got {type(channel_axis).__name__} {channel_axis!r}"
         )
-    ops, layer = _layer_operands(layer_fn, head_fn, x, target, forward_kwargs)
-    if not isinstance(layer, jax.ShapeDtypeStruct):
-        raise TypeError(f"layer_fn must return one array for layer_gradcam, got {layer}")
-    if layer.ndim < 3:
-        raise ValueError(
-            f"layer_gradcam needs a layer with spatial axes ([batch, ..., channels, ...] of "
-            f"rank >= 3), but layer_fn returns shape {layer.shape}"
-        )
     axis = int(channel_axis)
-    if not -layer.ndim < axis < layer.ndim or axis == 0:
-        raise ValueError(
-            f"channel_axis={axis} is out of range for a layer of shape {layer.shape}: it must "
-            f"name a non-batch axis (1 <= channel_axis < {layer.ndim}, or -{layer.ndim - 1} "
-            "<= channel_axis <= -1)"
-        )
-    config = _LayerConfig(layer_fn, head_fn, "gradcam", axis % layer.ndim, relu)
-    return _chunks.call(_layer_map, config, ops)
+    return _layer_call(layer_fn, head_fn, x, target, forward_kwargs, "gradcam", axis, relu)
 
 
 _INTERPOLATE_MODES = ("nearest",)

@@ -26,7 +26,7 @@ import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PyTree
 
-from xai_jax import _chunks
+from xai_jax import _chunks, _eager
 from xai_jax._blackbox import mark_invalid, model_output, selected
 from xai_jax._checks import as_key, check_bool, check_choice, check_positive, check_positive_int
 from xai_jax._features import as_feature_groups
@@ -99,12 +99,12 @@ def _is_shape(v) -> bool:
 
 
 def _setup(fn, x, target):
-    """`(inputs, target)`: `x` checked and the target index of `fn`'s output."""
+    """`(inputs, target, out)`: `x` checked, the target index of `fn`'s output, its shape."""
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     inputs = as_inputs(x)
     out = model_output(fn, inputs.x, {})
-    return inputs, as_target(target, out, inputs.batch)
+    return inputs, as_target(target, out, inputs.batch), out
 
 
 def _examples_per_chunk(x, rows_per_example: int, batch: int, batch_size) -> int:
@@ -341,14 +341,22 @@ def infidelity(
         >>> infidelity(jax.random.key(0), f, x, jnp.array([[1.0, -2.0]]))  # exact attributions
         Array([0.], dtype=float32)
     """
-    key = as_key(key)
     n = check_positive_int("n_perturb_samples", n_perturb_samples)
     normalize = check_bool("normalize", normalize)
+    if perturb is not None and not callable(perturb):
+        raise TypeError(f"perturb must be callable or None, got {type(perturb).__name__}")
+    arrays = dict(key=key, x=x, attributions=attributions, target=target, stdev=stdev)
+    statics = dict(perturb=perturb, n=n, normalize=normalize, batch_size=batch_size)
+    return _eager.call(_prepare_infidelity, fn, arrays, statics)
+
+
+def _prepare_infidelity(fn, key, x, attributions, target, stdev, perturb, n, normalize, batch_size):
+    """`_eager`'s protocol: a later call re-checks NaN/inf in `x` and `attributions`, `stdev`
+    (the default perturbation's) and the target's range; several chunks run op by op."""
+    key = as_key(key)
     if perturb is None:
         check_positive("stdev", stdev, allow_zero=True)
-    elif not callable(perturb):
-        raise TypeError(f"perturb must be callable or None, got {type(perturb).__name__}")
-    inputs, t = _setup(fn, x, target)
+    inputs, t, out = _setup(fn, x, target)
     a = _as_attributions(attributions, inputs.x)
     batch = inputs.batch
     chunk = _examples_per_chunk(inputs.x, n + 1, batch, batch_size)
@@ -363,8 +371,16 @@ def infidelity(
     stdev = jnp.asarray(stdev, dtype)
     config = _PerturbConfig(fn, perturb, key, stdev, n, chunk, num_chunks, normalize)
     rows = (np.arange(batch, dtype=np.int32), inputs.x, a, t.index)
-    sums = _chunks.map_rows(_infidelity_chunk, config, rows, batch, chunk)
-    return _chunks.call(_infidelity_finish, config, (sums, t.valid))
+
+    def run():
+        sums = _chunks.map_rows(_infidelity_chunk, config, rows, batch, chunk)
+        return _chunks.call(_infidelity_finish, config, (sums, t.valid))
+
+    if num_chunks > 1:
+        return _eager.Prepared(run, None)
+    scalars = ("stdev",) if perturb is None else ()
+    checks = _eager.value_checks(out, batch, ("x", "attributions"), scalars)
+    return _eager.Prepared(run, checks)
 
 
 def _norm(v: jax.Array, ord_) -> jax.Array:
@@ -457,19 +473,29 @@ def sensitivity_max(
         >>> sensitivity_max(jax.random.key(0), explain, jnp.ones((2, 3)))
         Array([0., 0.], dtype=float32)
     """
-    key = as_key(key)
     n = check_positive_int("n_perturb_samples", n_perturb_samples)
     if not callable(explain):
         raise TypeError(f"explain must be callable, got {type(explain).__name__}")
-    if perturb is None:
-        check_positive("perturb_radius", perturb_radius, allow_zero=True)
-    elif not callable(perturb):
+    if perturb is not None and not callable(perturb):
         raise TypeError(f"perturb must be callable or None, got {type(perturb).__name__}")
     if not (
         norm_ord == "fro"
         or (isinstance(norm_ord, int | float) and not isinstance(norm_ord, bool) and norm_ord > 0)
     ):
         raise ValueError(f"norm_ord={norm_ord!r} must be 'fro' or a positive order (1, 2, inf)")
+    arrays = dict(key=key, x=x, perturb_radius=perturb_radius, explain_kwargs=explain_kwargs)
+    statics = dict(perturb=perturb, n=n, norm_ord=norm_ord, batch_size=batch_size)
+    return _eager.call(_prepare_sensitivity, explain, arrays, statics)
+
+
+def _prepare_sensitivity(
+    explain, key, x, perturb_radius, explain_kwargs, perturb, n, norm_ord, batch_size
+):
+    """`_eager`'s protocol: a later call re-checks NaN/inf in `x` and `perturb_radius` (the
+    default perturbation's); several chunks run op by op."""
+    key = as_key(key)
+    if perturb is None:
+        check_positive("perturb_radius", perturb_radius, allow_zero=True)
     inputs = as_inputs(x)
     batch = inputs.batch
     kwargs = as_forward_kwargs(explain_kwargs, batch)
@@ -483,7 +509,11 @@ def sensitivity_max(
     radius = jnp.asarray(perturb_radius, dtype)
     config = _PerturbConfig(explain, perturb, key, radius, n, chunk, num_chunks, norm_ord=norm_ord)
     rows = (np.arange(batch, dtype=np.int32), inputs.x, kwargs)
-    return _chunks.map_rows(_sensitivity_chunk, config, rows, batch, chunk)
+    run = functools.partial(_chunks.map_rows, _sensitivity_chunk, config, rows, batch, chunk)
+    if num_chunks > 1:
+        return _eager.Prepared(run, None)
+    scalars = ("perturb_radius",) if perturb is None else ()
+    return _eager.Prepared(run, _eager.value_checks(None, batch, ("x",), scalars))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,7 +569,7 @@ def _curve_finish(config: _CurveConfig, operands):
 
 def _curve(fn, x, attributions, target, baselines, n_steps, feature_mask, batch_size, insertion):
     n_steps = check_positive_int("n_steps", n_steps)
-    inputs, t = _setup(fn, x, target)
+    inputs, t, _ = _setup(fn, x, target)
     a = _as_attributions(attributions, inputs.x)
     base = as_baselines(baselines, inputs.x)
     labels, g = as_feature_groups(feature_mask, inputs.x)
@@ -768,7 +798,7 @@ def faithfulness_correlation(
     key = as_key(key)
     size = check_positive_int("subset_size", subset_size)
     n = check_positive_int("n_subsets", n_subsets, minimum=2)
-    inputs, t = _setup(fn, x, target)
+    inputs, t, _ = _setup(fn, x, target)
     a = _as_attributions(attributions, inputs.x)
     base = as_baselines(baselines, inputs.x)
     labels, g = as_feature_groups(feature_mask, inputs.x)
@@ -842,7 +872,7 @@ def completeness(
         >>> completeness(f, x, jnp.array([[1.0, -2.0]]))
         Array([0.], dtype=float32)
     """
-    inputs, t = _setup(fn, x, target)
+    inputs, t, _ = _setup(fn, x, target)
     a = _as_attributions(attributions, inputs.x)
     base = as_baselines(baselines, inputs.x)
     batch = inputs.batch

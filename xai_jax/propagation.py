@@ -24,10 +24,16 @@ import numpy as np
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float, PyTree
 
-from xai_jax import _chunks, _paths, _propagation
+from xai_jax import _chunks, _eager, _paths, _propagation
 from xai_jax._blackbox import mark_invalid, model_output, selected
 from xai_jax._checks import check_bool, check_choice, check_finite, check_positive
-from xai_jax._inputs import as_background, as_forward_kwargs, as_inputs, as_target
+from xai_jax._inputs import (
+    as_background,
+    as_baselines,
+    as_forward_kwargs,
+    as_inputs,
+    as_target,
+)
 from xai_jax._layer_split import checked_split
 
 __all__ = [
@@ -485,10 +491,25 @@ def deconvolution(
 
 
 def _gradient_method(method, fn, x, target, forward_kwargs):
+    arrays = dict(x=x, target=target, forward_kwargs=forward_kwargs, hyper={})
+    return _eager.call(_prepare_gradient, fn, arrays, dict(spec=_Spec(method)))
+
+
+def _checked(fn, x, target, forward_kwargs):
+    """Checked inputs, forward kwargs, the model's output shape and the target."""
     inputs = as_inputs(x)
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
-    t = as_target(target, model_output(fn, inputs.x, kwargs), inputs.batch)
-    return _run(_Spec(method), fn, inputs.x, None, kwargs, t.index, t.valid, {})
+    out = model_output(fn, inputs.x, kwargs)
+    return inputs, kwargs, out, as_target(target, out, inputs.batch)
+
+
+def _prepare_gradient(fn, x, target, forward_kwargs, hyper, spec):
+    """`_eager`'s protocol for the methods without baselines (guided backprop, deconvolution,
+    `propagation_gradient`); a later call re-checks NaN/inf in `x` and the target's range."""
+    inputs, kwargs, out, t = _checked(fn, x, target, forward_kwargs)
+    hyper = {k: jnp.asarray(v) for k, v in hyper.items()}
+    run = functools.partial(_run, spec, fn, inputs.x, None, kwargs, t.index, t.valid, hyper)
+    return _eager.Prepared(run, _eager.value_checks(out, inputs.batch, ("x",)))
 
 
 def deeplift(
@@ -546,15 +567,43 @@ def deeplift(
         >>> bool(abs(delta[0]) < 1e-6)
         True
     """
-    by_inputs = check_bool("multiply_by_inputs", multiply_by_inputs)
-    delta = check_bool("return_convergence_delta", return_convergence_delta)
+    return _deeplift_call(fn, x, baselines, target, forward_kwargs, eps, multiply_by_inputs,
+                          return_convergence_delta)  # fmt: skip
+
+
+def _deeplift_call(fn, x, baselines, target, forward_kwargs, eps, by_inputs, delta, head_fn=None):
+    """`deeplift` (`head_fn` None) or `layer_deeplift` (`fn` the layer), through `_eager`."""
+    statics = dict(
+        by_inputs=check_bool("multiply_by_inputs", by_inputs),
+        delta=check_bool("return_convergence_delta", delta),
+        head_fn=head_fn,
+    )
+    arrays = dict(x=x, baselines=baselines, target=target, forward_kwargs=forward_kwargs, eps=eps)
+    return _eager.call(_prepare_deeplift, fn, arrays, statics)
+
+
+def _prepare_deeplift(fn, x, baselines, target, forward_kwargs, eps, by_inputs, delta, head_fn):
+    """`_eager`'s protocol: a later call re-checks NaN/inf in `x` and `baselines`, `eps` and the
+    target's range. With `head_fn`, `fn` is the layer and DeepLift runs on `head_fn`."""
+    _check_eps(eps)
+    inputs = as_inputs(x)
+    kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
+    model, layer = fn, None
+    if head_fn is not None:
+        model, _ = checked_split(fn, head_fn, inputs.x, kwargs)
+        fn, layer = head_fn, fn
+    b = as_baselines(baselines, inputs.x)
+    out = model_output(model, inputs.x, kwargs)
+    t = as_target(target, out, inputs.batch)
+    args = (inputs.x, b, kwargs, t.index, t.valid, eps, by_inputs, delta)
+    run = functools.partial(_deeplift, fn, *args, layer=layer)
+    checks = _eager.value_checks(out, inputs.batch, ("x", "baselines"), ("eps",), ("eps",))
+    return _eager.Prepared(run, checks)
+
+
+def _check_eps(eps) -> None:
     check_positive("eps", eps, allow_zero=True)
     check_finite("eps", eps)
-    inputs = as_inputs(x)
-    ops = _paths.operands(fn, inputs, baselines, target, forward_kwargs)
-    return _deeplift(
-        fn, ops.x, ops.baselines, ops.kwargs, ops.index, ops.valid, eps, by_inputs, delta
-    )
 
 
 def _deeplift(fn, x, b, kwargs, index, valid, eps, by_inputs, delta, n_baselines=0, layer=None):
@@ -613,23 +662,42 @@ def deeplift_shap(
         >>> deeplift_shap(fn, jnp.array([[1.0, 1.0]]), jnp.array([[0.0, 0.0], [2.0, 1.0]]))
         Array([[0., 1.]], dtype=float32)
     """
-    by_inputs = check_bool("multiply_by_inputs", multiply_by_inputs)
-    delta = check_bool("return_convergence_delta", return_convergence_delta)
-    check_positive("eps", eps, allow_zero=True)
-    check_finite("eps", eps)
-    inputs = as_inputs(x)
+    statics = dict(
+        by_inputs=check_bool("multiply_by_inputs", multiply_by_inputs),
+        delta=check_bool("return_convergence_delta", return_convergence_delta),
+        ibs=_paths.check_internal_batch_size(internal_batch_size),
+    )
+    arrays = dict(x=x, baselines=baselines, target=target, forward_kwargs=forward_kwargs, eps=eps)
+    return _eager.call(_prepare_deeplift_shap, fn, arrays, statics)
+
+
+def _prepare_deeplift_shap(fn, x, baselines, target, forward_kwargs, eps, by_inputs, delta, ibs):
+    """`_eager`'s protocol: a later call re-checks NaN/inf in `x` and `baselines`, `eps` and the
+    target's range; baselines in several chunks (`internal_batch_size`) run op by op, one
+    compiled call per chunk (the reason for chunking them)."""
+    _check_eps(eps)
+    inputs, kwargs, out, t = _checked(fn, x, target, forward_kwargs)
     background = as_background(baselines, inputs.x, "baselines")
-    kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
-    t = as_target(target, model_output(fn, inputs.x, kwargs), inputs.batch)
-    ibs = _paths.check_internal_batch_size(internal_batch_size)
     n_b = jax.tree.leaves(background)[0].shape[0]
     num_chunks, per = _paths.chunking(n_b, inputs.batch, ibs)
+    run = functools.partial(
+        _deeplift_shap, fn, inputs.x, background, kwargs, t, eps, by_inputs, delta,
+        num_chunks, per,
+    )  # fmt: skip
+    if num_chunks > 1:
+        return _eager.Prepared(run, None)
+    checks = _eager.value_checks(out, inputs.batch, ("x", "baselines"), ("eps",), ("eps",))
+    return _eager.Prepared(run, checks)
+
+
+def _deeplift_shap(fn, x, background, kwargs, t, eps, by_inputs, delta, num_chunks, per):
+    n_b = jax.tree.leaves(background)[0].shape[0]
     pad = num_chunks * per - n_b
     if pad:  # the last baseline repeated, with weight 0
         background = jax.tree.map(
             lambda v: jnp.concatenate([v, jnp.repeat(v[-1:], pad, axis=0)]), background
         )
-    dtype = jax.tree.leaves(inputs.x)[0].dtype
+    dtype = jax.tree.leaves(x)[0].dtype
     weights = np.concatenate([np.full(n_b, 1.0 / n_b), np.zeros(pad)]).astype(dtype)
     spec = _Spec("deeplift", (), "deeplift", by_inputs, True, per)
     attr, deltas = None, []
@@ -637,7 +705,7 @@ def deeplift_shap(
         part = slice(c * per, (c + 1) * per)
         chunk = background if num_chunks == 1 else jax.tree.map(lambda v, p=part: v[p], background)
         hyper = {"eps": jnp.asarray(eps, dtype), "weights": weights[part]}
-        a, d = _run(spec, fn, inputs.x, chunk, kwargs, t.index, t.valid, hyper)
+        a, d = _run(spec, fn, x, chunk, kwargs, t.index, t.valid, hyper)
         attr = a if attr is None else jax.tree.map(jnp.add, attr, a)
         deltas.append(d)
     if not delta:
@@ -692,18 +760,8 @@ def layer_deeplift(
         >>> layer_deeplift(layer_fn, head_fn, jnp.array([[1.0, 2.0]]))
         Array([[3., 1.]], dtype=float32)
     """
-    by_inputs = check_bool("multiply_by_inputs", multiply_by_inputs)
-    delta = check_bool("return_convergence_delta", return_convergence_delta)
-    check_positive("eps", eps, allow_zero=True)
-    check_finite("eps", eps)
-    inputs = as_inputs(x)
-    kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
-    model, _ = checked_split(layer_fn, head_fn, inputs.x, kwargs)
-    ops = _paths.operands(model, inputs, baselines, target, kwargs)
-    return _deeplift(
-        head_fn, ops.x, ops.baselines, kwargs, ops.index, ops.valid, eps, by_inputs, delta,
-        layer=layer_fn,
-    )  # fmt: skip
+    return _deeplift_call(layer_fn, x, baselines, target, forward_kwargs, eps, multiply_by_inputs,
+                          return_convergence_delta, head_fn)  # fmt: skip
 
 
 def lrp(
@@ -763,18 +821,25 @@ def lrp(
         >>> bool(abs(delta[0]) < 1e-6)
         True
     """
-    rules = _as_lrp_rules(rule)
-    delta = check_bool("return_convergence_delta", return_convergence_delta)
+    spec = _Spec("lrp", _as_lrp_rules(rule), "lrp", delta=check_bool(
+        "return_convergence_delta", return_convergence_delta))  # fmt: skip
+    arrays = dict(x=x, target=target, forward_kwargs=forward_kwargs, epsilon=epsilon, gamma=gamma)
+    return _eager.call(_prepare_lrp, fn, arrays, dict(spec=spec))
+
+
+def _prepare_lrp(fn, x, target, forward_kwargs, epsilon, gamma, spec):
+    """`_eager`'s protocol: a later call re-checks NaN/inf in `x`, `epsilon`, `gamma` and the
+    target's range."""
     for name, value in (("epsilon", epsilon), ("gamma", gamma)):
         check_positive(name, value, allow_zero=True)
         check_finite(name, value)
-    inputs = as_inputs(x)
-    kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
-    t = as_target(target, model_output(fn, inputs.x, kwargs), inputs.batch)
+    inputs, kwargs, out, t = _checked(fn, x, target, forward_kwargs)
     dtype = jax.tree.leaves(inputs.x)[0].dtype
     hyper = {"epsilon": jnp.asarray(epsilon, dtype), "gamma": jnp.asarray(gamma, dtype)}
-    spec = _Spec("lrp", rules, "lrp", delta=delta)
-    return _run(spec, fn, inputs.x, None, kwargs, t.index, t.valid, hyper)
+    run = functools.partial(_run, spec, fn, inputs.x, None, kwargs, t.index, t.valid, hyper)
+    scalars = ("epsilon", "gamma")  # >= 0 and finite
+    checks = _eager.value_checks(out, inputs.batch, ("x",), scalars, scalars)
+    return _eager.Prepared(run, checks)
 
 
 def propagation_gradient(
@@ -833,9 +898,6 @@ def propagation_gradient(
     """
     if not isinstance(rules, Mapping):
         raise TypeError(f"rules must be a mapping of primitive names to rules, got {rules!r}")
-    pairs = _as_lrp_rules(dict(rules))
-    inputs = as_inputs(x)
-    kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
-    t = as_target(target, model_output(fn, inputs.x, kwargs), inputs.batch)
-    hyper = {k: jnp.asarray(v) for k, v in hyper.items()}
-    return _run(_Spec("lrp", pairs), fn, inputs.x, None, kwargs, t.index, t.valid, hyper)
+    spec = _Spec("lrp", _as_lrp_rules(dict(rules)))
+    arrays = dict(x=x, target=target, forward_kwargs=forward_kwargs, hyper=hyper)
+    return _eager.call(_prepare_gradient, fn, arrays, dict(spec=spec))

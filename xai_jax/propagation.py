@@ -567,8 +567,8 @@ def deeplift(
         >>> bool(abs(delta[0]) < 1e-6)
         True
     """
-    return _deeplift_call(fn, x, baselines, target, forward_kwargs, eps, multiply_by_inputs,
-                          return_convergence_delta)  # fmt: skip
+    by_inputs, delta = multiply_by_inputs, return_convergence_delta
+    return _deeplift_call(fn, x, baselines, target, forward_kwargs, eps, by_inputs, delta)
 
 
 def _deeplift_call(fn, x, baselines, target, forward_kwargs, eps, by_inputs, delta, head_fn=None):
@@ -760,8 +760,10 @@ def layer_deeplift(
         >>> layer_deeplift(layer_fn, head_fn, jnp.array([[1.0, 2.0]]))
         Array([[3., 1.]], dtype=float32)
     """
-    return _deeplift_call(layer_fn, x, baselines, target, forward_kwargs, eps, multiply_by_inputs,
-                          return_convergence_delta, head_fn)  # fmt: skip
+    by_inputs, delta = multiply_by_inputs, return_convergence_delta
+    return _deeplift_call(
+        layer_fn, x, baselines, target, forward_kwargs, eps, by_inputs, delta, head_fn
+    )
 
 
 def lrp(
@@ -821,8 +823,8 @@ def lrp(
         >>> bool(abs(delta[0]) < 1e-6)
         True
     """
-    spec = _Spec("lrp", _as_lrp_rules(rule), "lrp", delta=check_bool(
-        "return_convergence_delta", return_convergence_delta))  # fmt: skip
+    delta = check_bool("return_convergence_delta", return_convergence_delta)
+    spec = _Spec("lrp", _as_lrp_rules(rule), "lrp", delta=delta)
     arrays = dict(x=x, target=target, forward_kwargs=forward_kwargs, epsilon=epsilon, gamma=gamma)
     return _eager.call(_prepare_lrp, fn, arrays, dict(spec=spec))
 

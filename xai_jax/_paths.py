@@ -26,7 +26,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree, Shaped
 
 from xai_jax import _affine, _blackbox, _chunks
 from xai_jax._checks import check_positive_int, is_traced
-from xai_jax._inputs import Inputs, as_baselines, as_forward_kwargs, as_target
+from xai_jax._inputs import Inputs, as_baselines, as_forward_kwargs, as_inputs, as_target
 
 # --------------------------------------------------------------------------------------------
 # Options and operands, checked once at the boundary.
@@ -75,6 +75,18 @@ def operands(
     b = as_baselines(baselines, inputs.x, finite=finite)
     t = as_target(target, _blackbox.model_output(model, inputs.x, kwargs), inputs.batch)
     return Operands(inputs.x, b, t.index, t.valid, kwargs)
+
+
+def operands_at(
+    model: Callable, x: Any, target: Any, forward_kwargs: Any
+) -> tuple[Operands, jax.ShapeDtypeStruct]:
+    """The checked operands of a map at `x` alone (no baselines: `baselines` is None) and the
+    model's output shape, which a plan's target check needs (`_eager.value_checks`)."""
+    inputs = as_inputs(x)
+    kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
+    out = _blackbox.model_output(model, inputs.x, kwargs)
+    t = as_target(target, out, inputs.batch)
+    return Operands(inputs.x, None, t.index, t.valid, kwargs), out
 
 
 def batch_of(tree: PyTree[Shaped[Array, " batch ..."]]) -> int:

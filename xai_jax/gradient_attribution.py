@@ -45,16 +45,6 @@ __all__ = [
 ]
 
 
-def _checked(fn: Callable, x: Any, target: Any, forward_kwargs: Any):
-    """Checked inputs, keyword arguments and target of a map at `x` (no baselines), and the
-    model's output shape (what a plan's target check needs)."""
-    inputs = as_inputs(x)
-    kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
-    out = model_output(fn, inputs.x, kwargs)
-    t = as_target(target, out, inputs.batch)
-    return _paths.Operands(inputs.x, None, t.index, t.valid, kwargs), out
-
-
 def _target_grad(fn: Callable, x: Any, ops: _paths.Operands) -> Any:
     """`dF_t/dx` of every row of `x` (each row's target output, `ops.index`)."""
     batch = _paths.batch_of(x)
@@ -74,7 +64,7 @@ class _InputConfig(NamedTuple):
 
 def _prepare_input_map(fn, x, target, forward_kwargs, use_abs, by_inputs):
     """`_eager`'s protocol: a later call re-checks NaN/inf in `x` and the target's range."""
-    ops, out = _checked(fn, x, target, forward_kwargs)
+    ops, out = _paths.operands_at(fn, x, target, forward_kwargs)
     run = functools.partial(_chunks.call, _input_map, _InputConfig(fn, use_abs, by_inputs), ops)
     return _eager.Prepared(run, _eager.value_checks(out, _paths.batch_of(ops.x), ("x",)))
 
@@ -269,7 +259,7 @@ def _prepare_shap(fn, key, x, baselines, target, forward_kwargs, stdevs, n_sampl
     key = as_key(key)
     check_positive("stdevs", stdevs, allow_zero=True)
     check_finite("stdevs", stdevs)
-    data, out = _checked(fn, x, target, forward_kwargs)
+    data, out = _paths.operands_at(fn, x, target, forward_kwargs)
     rows = as_background(baselines, data.x, "baselines")
     ops = _ShapOperands(data, rows, jnp.asarray(stdevs), key)
     run = functools.partial(_chunks.call, _shap_map, _ShapConfig(fn, n_samples, delta), ops)

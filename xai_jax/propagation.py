@@ -495,21 +495,13 @@ def _gradient_method(method, fn, x, target, forward_kwargs):
     return _eager.call(_prepare_gradient, fn, arrays, dict(spec=_Spec(method)))
 
 
-def _checked(fn, x, target, forward_kwargs):
-    """Checked inputs, forward kwargs, the model's output shape and the target."""
-    inputs = as_inputs(x)
-    kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
-    out = model_output(fn, inputs.x, kwargs)
-    return inputs, kwargs, out, as_target(target, out, inputs.batch)
-
-
 def _prepare_gradient(fn, x, target, forward_kwargs, hyper, spec):
     """`_eager`'s protocol for the methods without baselines (guided backprop, deconvolution,
     `propagation_gradient`); a later call re-checks NaN/inf in `x` and the target's range."""
-    inputs, kwargs, out, t = _checked(fn, x, target, forward_kwargs)
+    ops, out = _paths.operands_at(fn, x, target, forward_kwargs)
     hyper = {k: jnp.asarray(v) for k, v in hyper.items()}
-    run = functools.partial(_run, spec, fn, inputs.x, None, kwargs, t.index, t.valid, hyper)
-    return _eager.Prepared(run, _eager.value_checks(out, inputs.batch, ("x",)))
+    run = functools.partial(_run, spec, fn, ops.x, None, ops.kwargs, ops.index, ops.valid, hyper)
+    return _eager.Prepared(run, _eager.value_checks(out, _paths.batch_of(ops.x), ("x",)))
 
 
 def deeplift(
@@ -676,22 +668,21 @@ def _prepare_deeplift_shap(fn, x, baselines, target, forward_kwargs, eps, by_inp
     target's range; baselines in several chunks (`internal_batch_size`) run op by op, one
     compiled call per chunk (the reason for chunking them)."""
     _check_eps(eps)
-    inputs, kwargs, out, t = _checked(fn, x, target, forward_kwargs)
-    background = as_background(baselines, inputs.x, "baselines")
-    n_b = jax.tree.leaves(background)[0].shape[0]
-    num_chunks, per = _paths.chunking(n_b, inputs.batch, ibs)
-    run = functools.partial(
-        _deeplift_shap, fn, inputs.x, background, kwargs, t, eps, by_inputs, delta,
-        num_chunks, per,
-    )  # fmt: skip
+    ops, out = _paths.operands_at(fn, x, target, forward_kwargs)
+    ops = ops._replace(baselines=as_background(baselines, ops.x, "baselines"))
+    batch, n_b = _paths.batch_of(ops.x), _paths.batch_of(ops.baselines)
+    num_chunks, per = _paths.chunking(n_b, batch, ibs)
+    run = functools.partial(_deeplift_shap, fn, ops, eps, by_inputs, delta, num_chunks, per)
     if num_chunks > 1:
         return _eager.Prepared(run, None)
-    checks = _eager.value_checks(out, inputs.batch, ("x", "baselines"), ("eps",), ("eps",))
+    checks = _eager.value_checks(out, batch, ("x", "baselines"), ("eps",), ("eps",))
     return _eager.Prepared(run, checks)
 
 
-def _deeplift_shap(fn, x, background, kwargs, t, eps, by_inputs, delta, num_chunks, per):
-    n_b = jax.tree.leaves(background)[0].shape[0]
+def _deeplift_shap(fn, ops: _paths.Operands, eps, by_inputs, delta, num_chunks, per):
+    """DeepLift against each row of the background `ops.baselines`, averaged."""
+    x, background = ops.x, ops.baselines
+    n_b = _paths.batch_of(background)
     pad = num_chunks * per - n_b
     if pad:  # the last baseline repeated, with weight 0
         background = jax.tree.map(
@@ -705,7 +696,7 @@ def _deeplift_shap(fn, x, background, kwargs, t, eps, by_inputs, delta, num_chun
         part = slice(c * per, (c + 1) * per)
         chunk = background if num_chunks == 1 else jax.tree.map(lambda v, p=part: v[p], background)
         hyper = {"eps": jnp.asarray(eps, dtype), "weights": weights[part]}
-        a, d = _run(spec, fn, x, chunk, kwargs, t.index, t.valid, hyper)
+        a, d = _run(spec, fn, x, chunk, ops.kwargs, ops.index, ops.valid, hyper)
         attr = a if attr is None else jax.tree.map(jnp.add, attr, a)
         deltas.append(d)
     if not delta:
@@ -835,12 +826,12 @@ def _prepare_lrp(fn, x, target, forward_kwargs, epsilon, gamma, spec):
     for name, value in (("epsilon", epsilon), ("gamma", gamma)):
         check_positive(name, value, allow_zero=True)
         check_finite(name, value)
-    inputs, kwargs, out, t = _checked(fn, x, target, forward_kwargs)
-    dtype = jax.tree.leaves(inputs.x)[0].dtype
+    ops, out = _paths.operands_at(fn, x, target, forward_kwargs)
+    dtype = jax.tree.leaves(ops.x)[0].dtype
     hyper = {"epsilon": jnp.asarray(epsilon, dtype), "gamma": jnp.asarray(gamma, dtype)}
-    run = functools.partial(_run, spec, fn, inputs.x, None, kwargs, t.index, t.valid, hyper)
+    run = functools.partial(_run, spec, fn, ops.x, None, ops.kwargs, ops.index, ops.valid, hyper)
     scalars = ("epsilon", "gamma")  # >= 0 and finite
-    checks = _eager.value_checks(out, inputs.batch, ("x",), scalars, scalars)
+    checks = _eager.value_checks(out, _paths.batch_of(ops.x), ("x",), scalars, scalars)
     return _eager.Prepared(run, checks)
 
 

@@ -91,6 +91,13 @@ def check_positive(name: str, value, *, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be {bound} (and not NaN), got {shown}")
 
 
+def check_scale(name: str, value) -> None:
+    """Raise unless a concrete `value` (a noise scale, a stabiliser such as `eps`) is >= 0 and
+    finite: `check_positive(allow_zero=True)`, then `check_finite`."""
+    check_positive(name, value, allow_zero=True)
+    check_finite(name, value)
+
+
 def check_bounds(lower, upper) -> None:
     """Raise unless concrete `lower`/`upper` (each optional) are real, not NaN, broadcast
     together and `lower <= upper` everywhere; traced bounds cannot be checked."""

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from xai_jax._checks import check_finite, check_finite_input, check_positive, is_traced
+from xai_jax._checks import check_finite_input, check_scale, is_traced
 from xai_jax._inputs import as_target
 
 __all__ = ["MAX_PLANS", "Plan", "Prepared", "call", "value_checks"]
@@ -47,23 +47,19 @@ def value_checks(
     out: jax.ShapeDtypeStruct | None,
     batch: int,
     finite: tuple[str, ...],
-    nonnegative: tuple[str, ...] = (),
-    finite_scalars: tuple[str, ...] = (),
+    scales: tuple[str, ...] = (),
 ) -> Plan:
     """The plan of a method whose value-dependent checks are NaN/inf in the arrays named in
-    `finite` (`x`, `baselines`: as `as_float_array` checks them), options named in
-    `nonnegative` (>= 0, as `check_positive(allow_zero=True)`) and in `finite_scalars`
-    (`check_finite`), and the target's range on the model's output `out` for `batch` rows
-    (`as_target`; None: a method without a target)."""
+    `finite` (`x`, `baselines`: as `as_float_array` checks them), the options named in `scales`
+    (>= 0 and finite, `check_scale`), and the target's range on the model's output `out` for
+    `batch` rows (`as_target`; None: a method without a target)."""
 
     def recheck(arrays: dict) -> None:
         for name in finite:
             for leaf in jax.tree.leaves(arrays.get(name)):
                 check_finite_input(name, leaf)
-        for name in nonnegative:
-            check_positive(name, arrays[name], allow_zero=True)
-        for name in finite_scalars:
-            check_finite(name, arrays[name])
+        for name in scales:
+            check_scale(name, arrays[name])
         if out is not None:
             as_target(arrays["target"], out, batch, device=False)
 

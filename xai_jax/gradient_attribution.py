@@ -22,14 +22,7 @@ from jaxtyping import Array, Float, PyTree
 
 from xai_jax import _chunks, _eager, _paths, _upsample
 from xai_jax._blackbox import mark_invalid, model_output, selected, shape_of
-from xai_jax._checks import (
-    as_key,
-    check_bool,
-    check_choice,
-    check_finite,
-    check_positive,
-    check_positive_int,
-)
+from xai_jax._checks import as_key, check_bool, check_choice, check_positive_int, check_scale
 from xai_jax._inputs import as_background, as_forward_kwargs, as_inputs, as_target
 from xai_jax._layer_split import checked_split
 from xai_jax.propagation import guided_backprop
@@ -257,14 +250,12 @@ def _prepare_shap(fn, key, x, baselines, target, forward_kwargs, stdevs, n_sampl
     """`_eager`'s protocol: a later call re-checks NaN/inf in `x` and `baselines`, `stdevs`
     and the target's range."""
     key = as_key(key)
-    check_positive("stdevs", stdevs, allow_zero=True)
-    check_finite("stdevs", stdevs)
+    check_scale("stdevs", stdevs)
     data, out = _paths.operands_at(fn, x, target, forward_kwargs)
     rows = as_background(baselines, data.x, "baselines")
     ops = _ShapOperands(data, rows, jnp.asarray(stdevs), key)
     run = functools.partial(_chunks.call, _shap_map, _ShapConfig(fn, n_samples, delta), ops)
-    scalars = ("stdevs",)  # >= 0 and finite
-    checks = _eager.value_checks(out, _paths.batch_of(data.x), ("x", "baselines"), scalars, scalars)
+    checks = _eager.value_checks(out, _paths.batch_of(data.x), ("x", "baselines"), ("stdevs",))
     return _eager.Prepared(run, checks)
 
 

@@ -25,13 +25,7 @@ from jaxtyping import Array, Float, Int, PyTree
 
 from xai_jax import _chunks, _paths
 from xai_jax._blackbox import mark_invalid, model_output
-from xai_jax._checks import (
-    as_key,
-    check_bool,
-    check_finite,
-    check_positive,
-    check_positive_int,
-)
+from xai_jax._checks import as_key, check_bool, check_positive_int, check_scale
 from xai_jax._inputs import as_background, as_inputs, as_target
 from xai_jax.layer_attribution import (
     layer_conductance,
@@ -225,8 +219,7 @@ def expected_gradients(
 
     key = as_key(key)
     num_samples = check_positive_int("num_samples", num_samples)
-    check_positive("stdev", stdev, allow_zero=True)
-    check_finite("stdev", stdev)
+    check_scale("stdev", stdev)
     ibs = _paths.check_internal_batch_size(internal_batch_size)
     inputs = as_inputs(x)
     background = as_background(background, inputs.x)

@@ -28,7 +28,7 @@ from jaxtyping import Array, Float, PyTree
 
 from xai_jax import _chunks, _eager
 from xai_jax._blackbox import mark_invalid, model_output, selected
-from xai_jax._checks import as_key, check_bool, check_choice, check_positive, check_positive_int
+from xai_jax._checks import as_key, check_bool, check_choice, check_positive_int, check_scale
 from xai_jax._features import as_feature_groups
 from xai_jax._inputs import as_baselines, as_forward_kwargs, as_inputs, as_target
 from xai_jax.perturbations import random_bits, standard_normal
@@ -320,7 +320,7 @@ def infidelity(
         x: `[batch, ...]` inputs, or a pytree of them.
         attributions: the explanation, in the structure and shapes of `x`.
         perturb: `(key, xs) -> (perturbation, perturbed_xs)`, both shaped like `xs`.
-        stdev: the default perturbation's standard deviation.
+        stdev: the default perturbation's standard deviation, >= 0 and finite.
         target: as `integrated_gradients` (None for one output per example).
         n_perturb_samples: perturbations per example.
         normalize: scale the attributions by `beta` first (Captum's `normalize`).
@@ -355,7 +355,7 @@ def _prepare_infidelity(fn, key, x, attributions, target, stdev, perturb, n, nor
     (the default perturbation's) and the target's range; several chunks run op by op."""
     key = as_key(key)
     if perturb is None:
-        check_positive("stdev", stdev, allow_zero=True)
+        check_scale("stdev", stdev)
     inputs, t, out = _setup(fn, x, target)
     a = _as_attributions(attributions, inputs.x)
     batch = inputs.batch
@@ -376,11 +376,9 @@ def _prepare_infidelity(fn, key, x, attributions, target, stdev, perturb, n, nor
         sums = _chunks.map_rows(_infidelity_chunk, config, rows, batch, chunk)
         return _chunks.call(_infidelity_finish, config, (sums, t.valid))
 
-    if num_chunks > 1:
-        return _eager.Prepared(run, None)
     scalars = ("stdev",) if perturb is None else ()
     checks = _eager.value_checks(out, batch, ("x", "attributions"), scalars)
-    return _eager.Prepared(run, checks)
+    return _eager.Prepared(run, None if num_chunks > 1 else checks)
 
 
 def _norm(v: jax.Array, ord_) -> jax.Array:
@@ -452,7 +450,7 @@ def sensitivity_max(
         explain: `(x, **explain_kwargs) -> attributions` in the structure and shapes of `x`.
         x: `[batch, ...]` inputs, or a pytree of them.
         perturb: `(key, xs) -> perturbed_xs` shaped like `xs`.
-        perturb_radius: the default perturbation's radius.
+        perturb_radius: the default perturbation's radius, >= 0 and finite.
         n_perturb_samples: perturbations per example.
         norm_ord: `"fro"` (the L2 norm of the flattened map), or 1, 2, `inf` or another
             positive order, over every element of an example.
@@ -495,7 +493,7 @@ def _prepare_sensitivity(
     default perturbation's); several chunks run op by op."""
     key = as_key(key)
     if perturb is None:
-        check_positive("perturb_radius", perturb_radius, allow_zero=True)
+        check_scale("perturb_radius", perturb_radius)
     inputs = as_inputs(x)
     batch = inputs.batch
     kwargs = as_forward_kwargs(explain_kwargs, batch)
@@ -510,10 +508,9 @@ def _prepare_sensitivity(
     config = _PerturbConfig(explain, perturb, key, radius, n, chunk, num_chunks, norm_ord=norm_ord)
     rows = (np.arange(batch, dtype=np.int32), inputs.x, kwargs)
     run = functools.partial(_chunks.map_rows, _sensitivity_chunk, config, rows, batch, chunk)
-    if num_chunks > 1:
-        return _eager.Prepared(run, None)
     scalars = ("perturb_radius",) if perturb is None else ()
-    return _eager.Prepared(run, _eager.value_checks(None, batch, ("x",), scalars))
+    checks = _eager.value_checks(None, batch, ("x",), scalars)
+    return _eager.Prepared(run, None if num_chunks > 1 else checks)
 
 
 # ---------------------------------------------------------------------------------------------

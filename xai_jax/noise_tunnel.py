@@ -15,7 +15,7 @@ from jaxtyping import Array, Int, PyTree, Shaped
 
 from xai_jax import _chunks, _paths
 from xai_jax._blackbox import call, shape_of
-from xai_jax._checks import as_key, check_choice, check_finite, check_positive, check_positive_int
+from xai_jax._checks import as_key, check_choice, check_positive_int, check_scale
 from xai_jax._inputs import as_inputs
 
 __all__ = ["NT_TYPES", "smoothgrad"]
@@ -91,8 +91,7 @@ def smoothgrad(
     key = as_key(key)
     num_samples = check_positive_int("num_samples", num_samples)
     check_choice("nt_type", nt_type, NT_TYPES)
-    check_positive("stdev", stdev, allow_zero=True)
-    check_finite("stdev", stdev)
+    check_scale("stdev", stdev)
     size = num_samples if batch_size is None else check_positive_int("batch_size", batch_size)
     inputs = as_inputs(x)
     num_chunks, per_chunk = _paths.chunking(num_samples, 1, size)

@@ -26,7 +26,7 @@ from jaxtyping import Array, Float, PyTree
 
 from xai_jax import _chunks, _eager, _paths, _propagation
 from xai_jax._blackbox import mark_invalid, model_output, selected
-from xai_jax._checks import check_bool, check_choice, check_finite, check_positive
+from xai_jax._checks import check_bool, check_choice, check_scale
 from xai_jax._inputs import (
     as_background,
     as_baselines,
@@ -577,7 +577,7 @@ def _deeplift_call(fn, x, baselines, target, forward_kwargs, eps, by_inputs, del
 def _prepare_deeplift(fn, x, baselines, target, forward_kwargs, eps, by_inputs, delta, head_fn):
     """`_eager`'s protocol: a later call re-checks NaN/inf in `x` and `baselines`, `eps` and the
     target's range. With `head_fn`, `fn` is the layer and DeepLift runs on `head_fn`."""
-    _check_eps(eps)
+    check_scale("eps", eps)
     inputs = as_inputs(x)
     kwargs = as_forward_kwargs(forward_kwargs, inputs.batch)
     model, layer = fn, None
@@ -589,13 +589,8 @@ def _prepare_deeplift(fn, x, baselines, target, forward_kwargs, eps, by_inputs, 
     t = as_target(target, out, inputs.batch)
     args = (inputs.x, b, kwargs, t.index, t.valid, eps, by_inputs, delta)
     run = functools.partial(_deeplift, fn, *args, layer=layer)
-    checks = _eager.value_checks(out, inputs.batch, ("x", "baselines"), ("eps",), ("eps",))
+    checks = _eager.value_checks(out, inputs.batch, ("x", "baselines"), ("eps",))
     return _eager.Prepared(run, checks)
-
-
-def _check_eps(eps) -> None:
-    check_positive("eps", eps, allow_zero=True)
-    check_finite("eps", eps)
 
 
 def _deeplift(fn, x, b, kwargs, index, valid, eps, by_inputs, delta, n_baselines=0, layer=None):
@@ -667,16 +662,14 @@ def _prepare_deeplift_shap(fn, x, baselines, target, forward_kwargs, eps, by_inp
     """`_eager`'s protocol: a later call re-checks NaN/inf in `x` and `baselines`, `eps` and the
     target's range; baselines in several chunks (`internal_batch_size`) run op by op, one
     compiled call per chunk (the reason for chunking them)."""
-    _check_eps(eps)
+    check_scale("eps", eps)
     ops, out = _paths.operands_at(fn, x, target, forward_kwargs)
     ops = ops._replace(baselines=as_background(baselines, ops.x, "baselines"))
     batch, n_b = _paths.batch_of(ops.x), _paths.batch_of(ops.baselines)
     num_chunks, per = _paths.chunking(n_b, batch, ibs)
     run = functools.partial(_deeplift_shap, fn, ops, eps, by_inputs, delta, num_chunks, per)
-    if num_chunks > 1:
-        return _eager.Prepared(run, None)
-    checks = _eager.value_checks(out, batch, ("x", "baselines"), ("eps",), ("eps",))
-    return _eager.Prepared(run, checks)
+    checks = _eager.value_checks(out, batch, ("x", "baselines"), ("eps",))
+    return _eager.Prepared(run, None if num_chunks > 1 else checks)
 
 
 def _deeplift_shap(fn, ops: _paths.Operands, eps, by_inputs, delta, num_chunks, per):
@@ -823,15 +816,13 @@ def lrp(
 def _prepare_lrp(fn, x, target, forward_kwargs, epsilon, gamma, spec):
     """`_eager`'s protocol: a later call re-checks NaN/inf in `x`, `epsilon`, `gamma` and the
     target's range."""
-    for name, value in (("epsilon", epsilon), ("gamma", gamma)):
-        check_positive(name, value, allow_zero=True)
-        check_finite(name, value)
+    check_scale("epsilon", epsilon)
+    check_scale("gamma", gamma)
     ops, out = _paths.operands_at(fn, x, target, forward_kwargs)
     dtype = jax.tree.leaves(ops.x)[0].dtype
     hyper = {"epsilon": jnp.asarray(epsilon, dtype), "gamma": jnp.asarray(gamma, dtype)}
     run = functools.partial(_run, spec, fn, ops.x, None, ops.kwargs, ops.index, ops.valid, hyper)
-    scalars = ("epsilon", "gamma")  # >= 0 and finite
-    checks = _eager.value_checks(out, _paths.batch_of(ops.x), ("x",), scalars, scalars)
+    checks = _eager.value_checks(out, _paths.batch_of(ops.x), ("x",), ("epsilon", "gamma"))
     return _eager.Prepared(run, checks)
 
 

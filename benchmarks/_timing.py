@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 _PAUSE_S = 0.2  # lets other libraries' spinning worker threads go idle before a block
+_REWARM_S = 0.1  # untimed calls after the pause, until the machine is back at its steady speed
 
 
 class Timing(NamedTuple):
@@ -28,6 +29,15 @@ def _seconds(fn: Callable[..., Any], args: tuple) -> float:
     return time.perf_counter() - start
 
 
+def _rewarm(fn: Callable[[], Any]) -> None:
+    """Untimed calls for `_REWARM_S` seconds (at least one)."""
+    end = time.perf_counter() + _REWARM_S
+    while True:
+        _seconds(fn, ())
+        if time.perf_counter() >= end:
+            return
+
+
 def time_interleaved(
     fns: Mapping[str, Callable[[], Any]], *, repeats: int, warmup: int, rounds: int = 3
 ) -> dict[str, Timing]:
@@ -36,7 +46,11 @@ def time_interleaved(
     Each of `rounds` rounds runs a block of calls of every contender in turn, in a rotated
     order, so all of them see the same load on a shared machine. Blocks, not single calls: on
     2 cores, NumPy's OpenBLAS threads keep spin-waiting after a call and would steal a core from
-    whoever runs right after; a pause and an untimed call open every block.
+    whoever runs right after, so a pause opens every block. The pause has its own cost: on the
+    2-core machine the first ~70 ms of calls after it run up to 1.3x slower (measured on a 0.7 ms
+    jitted gradient: medians 0.94 ms with one untimed call after the pause, 0.75 ms with none),
+    which would weigh on whichever contender has the shortest calls; so each block starts with
+    `_REWARM_S` seconds of untimed calls.
     """
     names = list(fns)
     for _ in range(warmup):
@@ -49,7 +63,7 @@ def time_interleaved(
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             time.sleep(_PAUSE_S)
-            _seconds(fns[name], ())
+            _rewarm(fns[name])
             times[name] += [_seconds(fns[name], ()) for _ in range(per_block)]
     return {name: Timing(statistics.median(t), min(t), len(t)) for name, t in times.items()}
 

@@ -30,6 +30,8 @@ from xai_jax import (
     shapley_value_sampling,
     shapley_values,
 )
+from xai_jax._checks import check_finite_input, check_scale
+from xai_jax._inputs import as_target
 
 W = jnp.asarray(np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32))
 
@@ -238,3 +240,69 @@ def test_traced_arguments_and_unhashable_options_bypass_the_plans():
     assert len(_eager._PLANS) == before + 1
     out = feature_ablation(_model, x, target=t, forward_kwargs={})  # an empty dict: an array arg
     assert out.shape == x.shape
+
+
+# The plan's quick looks (`_surely_*`) may only pass what the full checks pass: every value
+# here goes through both, and a quick pass with a full failure is a bug.
+_FINITE_CASES = [
+    0.0, -2.5, 3.0e38, 3.5e38, -1e39, float("nan"), float("inf"), 7, True, np.float32(1.0),
+    np.ones((2, 3), np.float32), np.array([1.0, np.nan], np.float32),
+    np.array([1.0, np.inf], np.float32), np.array([1e39]), np.arange(3),
+    jnp.ones((2, 2)), jnp.array([0.0, jnp.nan]), jnp.array([1.0, -jnp.inf]), jnp.arange(3),
+]  # fmt: skip
+_SCALE_CASES = [
+    0.0,
+    -0.0,
+    0.5,
+    3,
+    -1,
+    -1e-30,
+    float("nan"),
+    float("inf"),
+    1e39,
+    True,
+    np.float32(2.0),
+]
+_TARGET_CASES = [
+    0, 2, 3, -1, True, 1.0, np.array(1), np.array([0, 1, 2, 0]), np.array([0, 1, 3, 0]),
+    np.array([0, -1, 0, 0]), np.array([0, 1, 2], np.int32), np.array([[0], [1], [2], [0]]),
+    np.array([0, 1, 2, 1], np.uint8), np.array([0.0, 1.0, 2.0, 1.0]), jnp.array([0, 1, 2, 2]),
+    jnp.array([-1, 0, 0, 0]), jnp.array([0, 1, 2, 5]), jnp.array(2),
+]  # fmt: skip
+
+
+def _full_passes(check, *args) -> bool:
+    try:
+        check(*args)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("value", _FINITE_CASES, ids=repr)
+def test_the_quick_finite_look_passes_only_what_the_full_check_passes(value):
+    if _eager._surely_finite(value):
+        assert _full_passes(check_finite_input, "x", value)
+
+
+@pytest.mark.parametrize("value", _SCALE_CASES, ids=repr)
+def test_the_quick_scale_look_passes_only_what_the_full_check_passes(value):
+    if _eager._surely_scale(value):
+        assert _full_passes(check_scale, "eps", value)
+
+
+@pytest.mark.parametrize("target", _TARGET_CASES, ids=repr)
+def test_the_quick_target_look_passes_only_what_the_full_check_passes(target):
+    out = jax.ShapeDtypeStruct((4, 3), jnp.float32)
+    if _eager._surely_in_range(target, 3, 4):
+        assert _full_passes(lambda t: as_target(t, out, 4, device=False), target)
+
+
+def test_the_quick_looks_pass_the_common_cases():
+    """The fast path is taken where it should be (else it saves nothing)."""
+    assert _eager._surely_finite(0.0) and _eager._surely_finite(np.ones(3, np.float32))
+    assert _eager._surely_finite(jnp.ones(3))
+    assert _eager._surely_scale(0.1) and _eager._surely_scale(0)
+    assert _eager._surely_in_range(2, 3, 4) and _eager._surely_in_range(
+        jnp.array([0, 1, 2, 2]), 3, 4
+    )

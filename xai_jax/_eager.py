@@ -111,7 +111,9 @@ def _surely_in_range(target, classes: int | None, batch: int) -> bool:
     if not (_host_view(target) and target.dtype.kind in "iu" and target.shape in ((), (batch,))):
         return False
     t = np.asarray(target)
-    return bool(t.size > 0 and t.min() >= 0 and t.max() < classes)
+    if t.dtype.kind == "i":  # as unsigned, negatives lie above any class count: one reduction
+        t = t.view(t.dtype.str.replace("i", "u"))
+    return bool(t.size > 0 and t.max() < classes)
 
 
 class Prepared(NamedTuple):
@@ -128,7 +130,8 @@ class Prepared(NamedTuple):
         return self.checks
 
 
-# Plans by signature (the key `call` builds), at most `MAX_PLANS` (the oldest dropped first).
+# `(plan, compiled program)` by signature (the key `call` builds), at most `MAX_PLANS` (the
+# oldest dropped first).
 MAX_PLANS = 512
 _PLANS: dict = {}
 
@@ -152,24 +155,29 @@ class _Frozen:
 def call(prepare: Callable, fn: Callable, arrays: dict, statics: dict) -> Any:
     """`prepare(fn, **arrays, **statics).run()`, compiled once per signature (module doc)."""
     frozen = _freeze_statics(statics)
-    # Concrete arguments met inside the user's trace take this path too: the compiled whole
-    # is then a nested `jit` (what tracing the method inline would stage).
-    if frozen is None or is_traced(arrays, ambient=False) or not _hashable(fn):
+    if frozen is None or not _hashable(fn):
         return prepare(fn, **arrays, **statics).run()
     leaves, treedef = jax.tree.flatten(arrays)
-    key = (prepare, fn, frozen, treedef, tuple(_signature(leaf) for leaf in leaves))
-    plan = _PLANS.get(key)
-    if plan is None:
-        prepared = prepare(fn, **arrays, **statics)  # every check, on the concrete values
-        plan = prepared.plan()
-        if plan is None:
-            return prepared.run()
-        if len(_PLANS) >= MAX_PLANS:
-            del _PLANS[next(iter(_PLANS))]
-        _PLANS[key] = plan
-    else:
+    # A leaf's type is part of its signature: a tracer never finds a plan (none is made for one).
+    key = (prepare, fn, frozen, treedef, tuple(map(_signature, leaves)))
+    entry = _PLANS.get(key)
+    if entry is not None:
+        plan, compiled = entry
         plan.recheck(arrays)
-    return _compiled(prepare, fn, frozen)(arrays)
+        return compiled(arrays)
+    # Concrete arguments met inside the user's trace take the planned path too: the compiled
+    # whole is then a nested `jit` (what tracing the method inline would stage).
+    if is_traced(arrays, ambient=False):
+        return prepare(fn, **arrays, **statics).run()
+    prepared = prepare(fn, **arrays, **statics)  # every check, on the concrete values
+    plan = prepared.plan()
+    if plan is None:
+        return prepared.run()
+    if len(_PLANS) >= MAX_PLANS:
+        del _PLANS[next(iter(_PLANS))]
+    compiled = _compiled(prepare, fn, frozen)
+    _PLANS[key] = (plan, compiled)
+    return compiled(arrays)
 
 
 @functools.lru_cache(maxsize=MAX_PLANS)
@@ -179,9 +187,13 @@ def _compiled(prepare: Callable, fn: Callable, frozen: tuple) -> Callable:
 
 
 def _freeze_statics(statics: dict) -> tuple | None:
-    """`statics` as a hashable tuple (lists as tuples, arrays by value), None if it cannot be."""
+    """`statics` as a hashable tuple, sorted by name (lists as tuples, arrays by value), None if
+    it cannot be."""
+    items = tuple(sorted(statics.items()))
+    if _hashable(items):  # the common case, and the cheap one on cold caches
+        return items
     try:
-        frozen = tuple((name, _freeze(value)) for name, value in sorted(statics.items()))
+        frozen = tuple((name, _freeze(value)) for name, value in items)
         hash(frozen)
     except TypeError:
         return None
@@ -215,9 +227,10 @@ def _hashable(value) -> bool:
 
 
 def _signature(leaf) -> tuple:
-    """What the compiled program and the plan's checks depend on: shape, dtype, weak type (a
-    Python number: its type; its value is an argument)."""
+    """What the compiled program and the plan's checks depend on: the leaf's type (a tracer's
+    is never planned), shape, dtype, weak type (a Python number: its type; its value is an
+    argument)."""
     if isinstance(leaf, np.ndarray | np.generic | jax.Array):
         # the dtype itself (hashable), not its name: numpy's `str(dtype)` runs in Python
-        return (leaf.shape, leaf.dtype, bool(getattr(leaf, "weak_type", False)))
+        return (type(leaf), leaf.shape, leaf.dtype, bool(getattr(leaf, "weak_type", False)))
     return (type(leaf),)

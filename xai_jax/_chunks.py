@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xai_jax import _cpu_options
 from xai_jax._checks import check_positive_int, is_traced
 
 
@@ -101,8 +102,10 @@ def run(kernel: Callable, finish: Callable, config, operands, like, num_chunks: 
         return _whole(kernel, finish, static, operands, arrays, None, 1)
     if not is_traced((operands, arrays)):
         acc = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like)
-        for c in range(num_chunks):
-            acc = _step(kernel, static, np.int32(c), acc, operands, arrays)
+        args = (kernel, static, np.int32(0), acc, operands, arrays)
+        step, acc = top_level(_step, args)  # options decided once per loop, on chunk 0
+        for c in range(1, num_chunks):
+            acc = step(kernel, static, np.int32(c), acc, operands, arrays)
         return _finish(finish, static, acc, operands, arrays)
     init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
     return _whole(kernel, finish, static, operands, arrays, init, num_chunks)
@@ -121,6 +124,42 @@ def shape_of(f: Callable, config, operands):
     return _call.eval_shape(f, static, operands, arrays)
 
 
+def step_jit(*static_argnums: int) -> Callable:
+    """`jax.jit` with these static arguments, for a step that `top_level` may run with
+    `_cpu_options.OPTIONS`: the twin that has them is made on first use."""
+
+    def wrap(f: Callable) -> Callable:
+        jitted = jax.jit(f, static_argnums=static_argnums)
+        _TWINS[jitted] = functools.partial(
+            jax.jit, f, static_argnums=static_argnums, compiler_options=_cpu_options.OPTIONS
+        )
+        return jitted
+
+    return wrap
+
+
+_TWINS: dict = {}
+
+
+def top_level(jitted, args: tuple) -> tuple[Callable, Any]:
+    """`(program, program(*args))` for a call outside every trace of a step made by `step_jit`:
+    the step itself, or its twin with `_cpu_options.OPTIONS` where `_cpu_options.choose` picks
+    it (large convolutions on CPU, the same result). Loops call the program for their later
+    chunks."""
+    return _cpu_options.choose(jitted, lambda: _with_options(jitted), *args)
+
+
+def call_step(jitted, args: tuple) -> Any:
+    """`jitted(*args)` for a step made by `step_jit`: through `top_level` outside every trace,
+    as it is inside one (a nested `jit` carries no compiler options)."""
+    return jitted(*args) if is_traced(args) else top_level(jitted, args)[1]
+
+
+@functools.cache
+def _with_options(jitted) -> Callable:
+    return _TWINS[jitted]()
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _call(f: Callable, static, operands, arrays):
     return f(combine(static, arrays), operands)
@@ -130,7 +169,7 @@ def _add(acc, part):
     return jax.tree.map(jnp.add, acc, part)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@step_jit(0, 1)
 def _step(kernel: Callable, static, c: jax.Array, acc, operands, arrays):
     return _add(acc, kernel(combine(static, arrays), c, operands))
 
@@ -173,9 +212,9 @@ def map_rows(kernel: Callable, config, rows, num_rows: int, chunk: int):
     chunk = min(chunk, num_rows)
     num_chunks = -(-num_rows // chunk)
     if num_chunks > 1 and not is_traced((rows, arrays)):
-        parts = [
-            _map_step(kernel, static, chunk, np.int32(c), rows, arrays) for c in range(num_chunks)
-        ]
+        step, first = top_level(_map_step, (kernel, static, chunk, np.int32(0), rows, arrays))
+        rest = range(1, num_chunks)
+        parts = [first, *(step(kernel, static, chunk, np.int32(c), rows, arrays) for c in rest)]
         return jax.tree.map(lambda *p: jnp.concatenate(p)[:num_rows], *parts)
     return _map_whole(kernel, static, chunk, rows, arrays)
 
@@ -191,7 +230,7 @@ def gather_rows(rows, chunk: int, c: jax.Array | np.integer | int):
     return jax.tree.map(lambda leaf: leaf[index], rows)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+@step_jit(0, 1, 2)
 def _map_step(kernel: Callable, static, chunk: int, c: jax.Array, rows, arrays):
     return kernel(combine(static, arrays), gather_rows(rows, chunk, c))
 

@@ -8,9 +8,11 @@ the first call with a given function, options and argument shapes (the method's 
 step) and compiles the whole method once; a later call with the same signature re-checks only
 what depends on the values (`Plan.recheck`: NaN/inf in the inputs, the target's range) and
 dispatches the compiled program. The numbers are those of the op-by-op path (the same code,
-traced). A call under the user's `jit`, `vmap` or `grad`, an unhashable function or option,
-or a method whose `prepare` offers no plan (rows in several chunks, a NumPy black box) runs
-the method as it is.
+traced). A program with large convolutions on CPU is compiled with `_cpu_options.OPTIONS`
+(YNNPACK) where its first result agrees with the default compile's (`_cpu_options.choose`),
+and without them for a later call with its signature met inside the user's trace. A call
+under the user's `jit`, `vmap` or `grad`, an unhashable function or option, or a method whose
+`prepare` offers no plan (rows in several chunks, a NumPy black box) runs the method as it is.
 
 The protocol: `prepare(fn, **arrays, **statics)` checks everything on concrete values (or
 traces) and returns an object with `run()` (the result) and `plan()` (a `Plan`, or None where
@@ -30,6 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from xai_jax import _cpu_options
 from xai_jax._checks import _on_host, check_finite_input, check_scale, is_traced
 from xai_jax._inputs import as_target
 
@@ -130,8 +133,8 @@ class Prepared(NamedTuple):
         return self.checks
 
 
-# `(plan, compiled program)` by signature (the key `call` builds), at most `MAX_PLANS` (the
-# oldest dropped first).
+# `(plan, compiled program, whether it has CPU compiler options)` by signature (the key `call`
+# builds), at most `MAX_PLANS` (the oldest dropped first).
 MAX_PLANS = 512
 _PLANS: dict = {}
 
@@ -162,8 +165,10 @@ def call(prepare: Callable, fn: Callable, arrays: dict, statics: dict) -> Any:
     key = (prepare, fn, frozen, treedef, tuple(map(_signature, leaves)))
     entry = _PLANS.get(key)
     if entry is not None:
-        plan, compiled = entry
+        plan, compiled, options = entry
         plan.recheck(arrays)
+        if options and is_traced((), ambient=True):  # a nested jit carries no compiler options
+            compiled = _compiled(prepare, fn, frozen, False)
         return compiled(arrays)
     # Concrete arguments met inside the user's trace take the planned path too: the compiled
     # whole is then a nested `jit` (what tracing the method inline would stage).
@@ -175,15 +180,24 @@ def call(prepare: Callable, fn: Callable, arrays: dict, statics: dict) -> Any:
         return prepared.run()
     if len(_PLANS) >= MAX_PLANS:
         del _PLANS[next(iter(_PLANS))]
-    compiled = _compiled(prepare, fn, frozen)
-    _PLANS[key] = (plan, compiled)
-    return compiled(arrays)
+    plain = _compiled(prepare, fn, frozen, False)
+    if is_traced((), ambient=True):  # inside the user's trace: a nested jit, without options
+        _PLANS[key] = (plan, plain, False)
+        return plain(arrays)
+    # Large convolutions on CPU: compiled with `_cpu_options.OPTIONS` where that agrees.
+    optioned = lambda: _compiled(prepare, fn, frozen, True)
+    compiled, out = _cpu_options.choose(plain, optioned, arrays)
+    _PLANS[key] = (plan, compiled, compiled is not plain)
+    return out
 
 
 @functools.lru_cache(maxsize=MAX_PLANS)
-def _compiled(prepare: Callable, fn: Callable, frozen: tuple) -> Callable:
+def _compiled(prepare: Callable, fn: Callable, frozen: tuple, options: bool) -> Callable:
     statics = {name: _thaw(value) for name, value in frozen}
-    return jax.jit(lambda arrays: prepare(fn, **arrays, **statics).run())
+    return jax.jit(
+        lambda arrays: prepare(fn, **arrays, **statics).run(),
+        compiler_options=_cpu_options.OPTIONS if options else None,
+    )
 
 
 def _freeze_statics(statics: dict) -> tuple | None:

@@ -328,7 +328,7 @@ def _rules(spec: _Spec, hyper) -> _propagation.Rules:
     return _lrp_rules(spec.lrp_rules, hyper)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 9))
+@_chunks.step_jit(0, 1, 9)
 def _kernel(spec: _Spec, static, arrays, x, ref, kwargs, index, valid, hyper, layer=None, la=()):
     """The attributions (and the delta, or None), finished in the same program; with `layer`
     (layer DeepLift) `x` and `ref` go through it first."""
@@ -391,7 +391,8 @@ def _kernel(spec: _Spec, static, arrays, x, ref, kwargs, index, valid, hyper, la
 def _run(spec, fn, x, ref, kwargs, index, valid, hyper, layer_fn=None):
     static, arrays = _chunks.partition(fn)
     layer, la = (None, ()) if layer_fn is None else _chunks.partition(layer_fn)
-    attr, delta = _kernel(spec, static, arrays, x, ref, kwargs, index, valid, hyper, layer, la)
+    args = (spec, static, arrays, x, ref, kwargs, index, valid, hyper, layer, la)
+    attr, delta = _chunks.call_step(_kernel, args)  # eagerly: DeepLiftShap's baseline chunks
     return (attr, delta) if spec.delta else attr
 
 

@@ -1,0 +1,177 @@
+"""XLA:CPU compiler options per program (`_cpu_options`): YNNPACK only for programs with large
+convolutions, kept only where its first result agrees with the default compile's; and the
+eager plans that use it (`_eager`), at top level only."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xai_jax import (
+    _chunks,
+    _cpu_options,
+    _eager,
+    deeplift_shap,
+    integrated_gradients,
+    propagation,
+    saliency,
+)
+
+RNG = np.random.default_rng(0)
+K1 = jnp.asarray(RNG.normal(size=(3, 3, 2, 4)).astype(np.float32))  # HWIO
+K2 = jnp.asarray(RNG.normal(size=(4, 1, 3, 3)).astype(np.float32))  # OIHW, 4 groups of 1
+DENSE = jnp.asarray(RNG.normal(size=(4 * 4 * 4, 3)).astype(np.float32))
+
+needs_options = pytest.mark.skipif(
+    not _cpu_options._available(), reason="this XLA does not take the YNN option"
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_remembered_choices(monkeypatch):
+    monkeypatch.setattr(_cpu_options, "_CHOSEN", {})
+
+
+def _cnn(z):  # [batch, 8, 8, 2] -> [batch, 3]: a conv, a grouped conv, a dense head
+    h = jax.lax.conv_general_dilated(
+        z, K1, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    h = jax.lax.conv_general_dilated(
+        jnp.tanh(h), K2, (1, 1), "VALID", dimension_numbers=("NHWC", "OIHW", "NHWC"),
+        feature_group_count=4,
+    )  # fmt: skip
+    return jnp.tanh(h).reshape(len(z), -1) @ DENSE
+
+
+def _x(n=5):
+    return RNG.normal(size=(n, 8, 8, 2)).astype(np.float32)
+
+
+def test_conv_flops_counts_every_convolution_nested_ones_and_scan_bodies():
+    x = _x()
+    per_example = 2 * (6 * 6 * 4) * (3 * 3 * 2) + 2 * (4 * 4 * 4) * (3 * 3 * 1)
+    assert _cpu_options.conv_flops(jax.make_jaxpr(_cnn)(x)) == len(x) * per_example
+    nested = jax.make_jaxpr(lambda z: jax.jit(_cnn)(z) + jax.jit(_cnn)(2 * z))(x)
+    assert _cpu_options.conv_flops(nested) == 2 * len(x) * per_example
+
+    def scanned(z):
+        return jax.lax.scan(lambda c, _: (c, _cnn(z)), 0.0, None, length=3)[1]
+
+    assert _cpu_options.conv_flops(jax.make_jaxpr(scanned)(x)) == 3 * len(x) * per_example
+    # the gradient's convolutions count too (the input gradient transposes both layers)
+    grad = jax.make_jaxpr(jax.grad(lambda z: _cnn(z).sum()))(x)
+    assert _cpu_options.conv_flops(grad) > 1.9 * len(x) * per_example
+    assert _cpu_options.conv_flops(jax.make_jaxpr(lambda z: z @ z.T)(x[:, 0, 0])) == 0
+
+
+@needs_options
+def test_choose_keeps_the_optioned_program_where_it_agrees(monkeypatch):
+    monkeypatch.setattr(_cpu_options, "MIN_CONV_FLOPS", 0.0)
+    plain = jax.jit(_cnn)
+    optioned = jax.jit(_cnn, compiler_options=_cpu_options.OPTIONS)
+    x = _x()
+    program, out = _cpu_options.choose(plain, lambda: optioned, x)
+    assert program is optioned
+    np.testing.assert_allclose(np.asarray(out), np.asarray(plain(x)), rtol=1e-5, atol=1e-6)
+    made = []  # the choice is remembered: no second compile, no second comparison
+    again, out2 = _cpu_options.choose(plain, lambda: made.append(1) or optioned, x)
+    assert again is optioned and not made
+    np.testing.assert_array_equal(np.asarray(out2), np.asarray(out))
+
+
+def test_choose_keeps_the_default_program_on_a_disagreement_or_below_the_threshold(monkeypatch):
+    x = _x()
+    plain = jax.jit(_cnn)
+    wrong = jax.jit(lambda z: _cnn(z) * (1 + 2e-3))  # off by more than AGREEMENT
+    made = []
+    small, out = _cpu_options.choose(plain, lambda: made.append(1) or wrong, x)  # ~30 kFLOP
+    assert small is plain and not made
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(plain(x)))
+    monkeypatch.setattr(_cpu_options, "MIN_CONV_FLOPS", 0.0)
+    monkeypatch.setattr(_cpu_options, "_available", lambda: True)
+    program, out = _cpu_options.choose(plain, lambda: wrong, x)
+    assert program is plain
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(plain(x)))
+    monkeypatch.setattr(_cpu_options, "_available", lambda: False)  # an XLA without the option
+    assert _cpu_options.choose(plain, lambda: made.append(1) or wrong, x)[0] is plain
+    assert not made
+
+
+@needs_options
+def test_a_known_ynn_miscompile_falls_back_to_the_default_program(monkeypatch):
+    # jaxlib 0.10.2's YNN fusion computes a dot with a broadcast constant (`jnp.ones`) as
+    # garbage; whether or not a later XLA fixes it, the kept program's numbers are right.
+    monkeypatch.setattr(_cpu_options, "MIN_CONV_FLOPS", 0.0)
+
+    def model(z):
+        return _cnn(z) @ jnp.ones((3, 2), z.dtype)
+
+    x = _x()
+    plain = jax.jit(model)
+    optioned = jax.jit(model, compiler_options=_cpu_options.OPTIONS)
+    program, out = _cpu_options.choose(plain, lambda: optioned, x)
+    expected = np.asarray(jax.jit(_cnn)(x)).sum(1, keepdims=True).repeat(2, 1)
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(program(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_agreement_is_measured_on_the_whole_results_scale():
+    agree = _cpu_options._agree
+    attr = np.array([[1.0, -2.0], [0.5, np.nan]], np.float32)
+    delta = np.array([1e-7, -3e-7], np.float32)
+    assert agree((attr, delta), (attr + 1e-4, delta * 10))  # the delta against the attributions
+    assert not agree((attr, delta), (attr + 3e-3, delta))
+    assert not agree(attr, np.where(np.isnan(attr), 0.0, attr))  # NaN where the reference has NaN
+    assert not agree((attr, delta), (attr,))  # structure
+    assert not agree(attr, attr.astype(np.float64))  # dtype
+    assert not agree(np.arange(3), np.arange(3) + 1)  # integers: equal
+    assert agree({"i": np.arange(3), "f": attr}, {"i": np.arange(3), "f": attr})
+
+
+@needs_options
+def test_eager_plans_use_the_options_at_top_level_only(monkeypatch):
+    monkeypatch.setattr(_cpu_options, "MIN_CONV_FLOPS", 0.0)
+    monkeypatch.setattr(_eager, "_PLANS", {})
+    x, t = _x(n=6), np.arange(6) % 3
+    traces = []
+
+    def model(z):
+        traces.append(1)
+        return _cnn(z)
+
+    first = saliency(model, x, target=t)
+    ((_plan, compiled, options),) = _eager._PLANS.values()
+    assert options and compiled is not _eager._compiled(*next(iter(_eager._PLANS))[:3], False)
+    count = len(traces)
+    second = saliency(model, x, target=t)
+    assert len(traces) == count  # nothing traced again
+    np.testing.assert_array_equal(np.asarray(second), np.asarray(first))
+    expected = jax.jit(lambda z: saliency(model, z, target=t))(x)
+    np.testing.assert_allclose(np.asarray(first), np.asarray(expected), rtol=1e-4, atol=1e-5)
+    # the same signature met inside a trace (a concrete x closed over): the plain program
+    inside = jax.jit(lambda s: s * saliency(model, x, target=t))(2.0)
+    np.testing.assert_allclose(np.asarray(inside), 2 * np.asarray(first), rtol=1e-4, atol=1e-5)
+    # a first call inside a trace plans the plain program
+    y = _x(n=7)
+    jax.jit(lambda s: s * saliency(model, y, target=np.arange(7) % 3))(1.0)
+    assert [entry[2] for entry in _eager._PLANS.values()] == [True, False]
+
+
+@needs_options
+def test_eager_chunk_loops_use_the_options_and_keep_the_numbers(monkeypatch):
+    monkeypatch.setattr(_cpu_options, "MIN_CONV_FLOPS", 0.0)
+    x, t = _x(n=4), np.arange(4) % 3
+    ig = lambda z: integrated_gradients(_cnn, z, target=t, n_steps=8, internal_batch_size=8)
+    eager = ig(x)  # 4 chunks of 8 path points: a host loop at top level
+    chosen = [entry[2] for entry in _cpu_options._CHOSEN.values()]
+    assert _chunks._with_options(_chunks._step) in chosen
+    traced = jax.jit(ig)(x)  # a scan inside the caller's trace, without options
+    np.testing.assert_allclose(np.asarray(eager), np.asarray(traced), rtol=1e-4, atol=1e-5)
+    # DeepLiftShap's baseline chunks run their one compiled step through `call_step`
+    bg = _x(n=3)
+    chunked = deeplift_shap(_cnn, x, bg, target=t, internal_batch_size=4)
+    assert _chunks._with_options(propagation._kernel) in [
+        e[2] for e in _cpu_options._CHOSEN.values()
+    ]
+    whole = deeplift_shap(_cnn, x, bg, target=t)
+    np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=1e-4, atol=1e-5)

@@ -29,6 +29,8 @@ from captum.attr import (
 from benchmarks._timing import Context, record
 from benchmarks.bench_integrated_gradients import cnn_model, mlp_model
 from xai_jax import (
+    _cpu_options,
+    _eager,
     gradient_shap,
     input_x_gradient,
     layer_activation,
@@ -86,11 +88,18 @@ def _cases(model, key) -> list[tuple]:
     return cases
 
 
-def _bare_saliency(model):
-    """The signed saliency map written by hand: one `jax.jit` of one `grad` (the floor of ours)."""
+def _bare_saliency(model, compiler_options=None):
+    """The signed saliency map written by hand: one `jax.jit` of one `grad` (the floor of ours),
+    compiled by default or with the given options (`_cpu_options.OPTIONS`: YNNPACK)."""
     onehot = jax.nn.one_hot(model.t, 10, dtype=model.x.dtype)
-    grad = jax.jit(jax.grad(lambda v, w: jnp.sum(model.fn(v) * w)))
+    g = jax.grad(lambda v, w: jnp.sum(model.fn(v) * w))
+    grad = jax.jit(g, compiler_options=compiler_options)
     return lambda: grad(model.x, onehot)
+
+
+def _uses_options(fn) -> bool:
+    """Whether an eager plan made for model `fn` has `_cpu_options.OPTIONS` (YNNPACK)."""
+    return any(options for key, (_, _, options) in _eager._PLANS.items() if key[1] is fn)
 
 
 def bench_gradient_attribution(ctx: Context) -> dict:
@@ -107,15 +116,19 @@ def bench_gradient_attribution(ctx: Context) -> dict:
             contenders = {"peer": peer, "ours": ours}
             if method == "saliency":
                 contenders["bare"] = _bare_saliency(model)
+                contenders["bare_ynn"] = _bare_saliency(model, _cpu_options.OPTIONS)
             timings = ctx.time(contenders, repeats=REPEATS)
             if method == "saliency":
-                bare = timings["bare"]
+                bare, ynn, peer_t = timings["bare"], timings["bare_ynn"], timings["peer"]
                 bare_notes.append(
                     f"{model.name}: a hand-written jax.jit(grad) of the same map takes "
-                    f"{bare.median * 1e3:.2f} ms median / {bare.min * 1e3:.2f} ms min, Captum "
-                    f"{timings['peer'].median * 1e3:.2f} / {timings['peer'].min * 1e3:.2f} ms: "
-                    f"the compiled gradient alone is {timings['peer'].median / bare.median:.2f}x "
-                    "Captum (medians), a ceiling for every one-gradient map here."
+                    f"{bare.median * 1e3:.2f} ms median / {bare.min * 1e3:.2f} ms min compiled by "
+                    f"default, {ynn.median * 1e3:.2f} / {ynn.min * 1e3:.2f} ms with YNNPACK "
+                    f"(_cpu_options.OPTIONS, which ours uses on this model: "
+                    f"{'yes' if _uses_options(model.fn) else 'no'}), Captum "
+                    f"{peer_t.median * 1e3:.2f} / {peer_t.min * 1e3:.2f} ms: the compiled "
+                    f"gradient alone is {peer_t.median / min(bare.median, ynn.median):.2f}x Captum "
+                    "(medians, the faster compile), a ceiling for every one-gradient map here."
                 )
             rows.append(
                 record(f"{method} {model.name} b{len(mine)}", timings["peer"], timings["ours"],

@@ -10,7 +10,8 @@ Both sides evaluate the same float32 torch model (weights copied to JAX):
 * sensitivity_max: the explanation re-run on every perturbation: saliency, and integrated
   gradients with 20 steps (Captum's `IntegratedGradients.attribute` with `n_steps=20`).
 * floor: the jitted model alone on the metric's model rows (and its gradient for
-  sensitivity), timed in the same run; "floor fraction" = floor time / our time.
+  sensitivity), timed in the same run; "floor fraction" = floor time / our time. On the CNN it
+  is compiled with `_cpu_options.OPTIONS` (YNNPACK), as ours is.
 * deletion / insertion (20 steps) and faithfulness correlation (100 subsets of 78 pixels) on the
   MLP: the reference loops over examples and steps (subsets) in NumPy and calls the jitted model
   once per perturbed input, as Quantus' `PixelFlipping` / `FaithfulnessCorrelation` and RISE's
@@ -30,6 +31,7 @@ from torch import nn
 
 from benchmarks._timing import Context, record
 from xai_jax import (
+    _cpu_options,
     deletion,
     faithfulness_correlation,
     infidelity,
@@ -111,8 +113,11 @@ def _captum_cases(ctx: Context, name, net, fn, x, t, ns) -> list[dict]:
     sal_t, ig_t = Saliency(net), IntegratedGradients(net)
     attrs = {"saliency": _saliency(fn)(jnp.asarray(x), jnp.asarray(t))}
     attrs["IG"] = _ig(fn)(jnp.asarray(x), jnp.asarray(t))
-    fwd = jax.jit(lambda v: fn(v))
-    grad = jax.jit(_saliency(fn))
+    # the floor compiled as ours is: with YNNPACK where the model has convolutions
+    convs = _cpu_options.conv_flops(jax.make_jaxpr(fn)(jnp.asarray(x))) > 0
+    options = _cpu_options.OPTIONS if convs else None
+    fwd = jax.jit(lambda v: fn(v), compiler_options=options)
+    grad = jax.jit(_saliency(fn), compiler_options=options)
 
     def perturb(inputs):
         noise = 0.1 * torch.randn_like(inputs)

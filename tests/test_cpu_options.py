@@ -92,6 +92,14 @@ def test_choose_keeps_the_default_program_on_a_disagreement_or_below_the_thresho
     program, out = _cpu_options.choose(plain, lambda: wrong, x)
     assert program is plain
     np.testing.assert_array_equal(np.asarray(out), np.asarray(plain(x)))
+
+    def failing():  # an XLA that fails on the optioned program: the default one is kept
+        raise RuntimeError("INTERNAL: a YNN fusion the backend cannot emit")
+
+    other = jax.jit(lambda z: _cnn(z) + 0.0)  # a plain program not chosen for yet
+    program, out = _cpu_options.choose(other, failing, x)
+    assert program is other
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(plain(x)))
     monkeypatch.setattr(_cpu_options, "_available", lambda: False)  # an XLA without the option
     assert _cpu_options.choose(plain, lambda: made.append(1) or wrong, x)[0] is plain
     assert not made

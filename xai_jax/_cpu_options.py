@@ -50,7 +50,8 @@ def choose(plain: Callable, optioned: Callable[[], Callable], *args: Any) -> tup
     jitted with `OPTIONS`. That one is picked where the program runs on CPU with an XLA that
     takes the options, has at least `MIN_CONV_FLOPS` of convolutions, and gives the default
     program's result on the first call with its signature (both run then); `plain` everywhere
-    else. The choice is remembered for `plain` and its traced program (a cached trace: ~30 us).
+    else, also where the optioned program fails to compile or run. The choice is remembered
+    for `plain` and its traced program (a cached trace: ~30 us).
     """
     if not (_on_cpu(args) and _available()):
         return plain, plain(*args)
@@ -61,9 +62,12 @@ def choose(plain: Callable, optioned: Callable[[], Callable], *args: Any) -> tup
         return known[2], known[2](*args)
     program, out = plain, plain(*args)
     if conv_flops(closed) >= MIN_CONV_FLOPS:
-        candidate = optioned()
-        result = candidate(*args)
-        if _agree(out, result):
+        try:  # the default program ran: a failure of the optioned one only means "not this"
+            candidate = optioned()
+            result = candidate(*args)
+        except Exception:
+            candidate = result = None
+        if candidate is not None and _agree(out, result):
             program, out = candidate, result
     if len(_CHOSEN) >= _MAX_CHOSEN:
         del _CHOSEN[next(iter(_CHOSEN))]

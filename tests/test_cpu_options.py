@@ -134,6 +134,8 @@ def test_agreement_is_measured_on_the_whole_results_scale():
     assert not agree(attr, attr.astype(np.float64))  # dtype
     assert not agree(np.arange(3), np.arange(3) + 1)  # integers: equal
     assert agree({"i": np.arange(3), "f": attr}, {"i": np.arange(3), "f": attr})
+    keys = jax.random.split(jax.random.key(0), 2)
+    assert agree((keys, attr), (keys, attr)) and not agree(keys, keys[::-1])  # by key data
 
 
 @needs_options

@@ -117,7 +117,7 @@ def _agree(reference: Any, result: Any) -> bool:
     leaves, tree = jax.tree.flatten(result)
     if ref_tree != tree:
         return False
-    pairs = [(np.asarray(a), np.asarray(b)) for a, b in zip(ref_leaves, leaves, strict=True)]
+    pairs = [(_host(a), _host(b)) for a, b in zip(ref_leaves, leaves, strict=True)]
     if any(a.shape != b.shape or a.dtype != b.dtype for a, b in pairs):
         return False
     floats = [(a, b) for a, b in pairs if np.issubdtype(a.dtype, np.inexact)]
@@ -128,6 +128,13 @@ def _agree(reference: Any, result: Any) -> bool:
     return all(
         np.allclose(a, b, rtol=0.0, atol=AGREEMENT * scale, equal_nan=True) for a, b in floats
     )
+
+
+def _host(leaf) -> np.ndarray:
+    """A result leaf as a NumPy array (a PRNG key as its key data)."""
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    return np.asarray(leaf)
 
 
 def _on_cpu(args) -> bool:

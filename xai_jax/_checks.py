@@ -190,11 +190,15 @@ def _on_host(arr) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _host_sharding(sharding: jax.sharding.Sharding) -> bool:
-    """All of an array with this sharding in this process's CPU memory. Cached (shardings are
-    hashable, and few): the lookup costs ~5 us on cold caches, the device walk ~15 us."""
-    return sharding.is_fully_addressable and all(
-        device.platform == "cpu" for device in sharding.device_set
-    )
+    """All of an array with this sharding in this process's CPU memory."""
+    return sharding.is_fully_addressable and cpu_sharding(sharding)
+
+
+@functools.lru_cache(maxsize=64)
+def cpu_sharding(sharding: jax.sharding.Sharding) -> bool:
+    """Every device of this sharding is a CPU. Cached (shardings are hashable, and few): the
+    lookup costs ~5 us on cold caches, the device walk ~15 us."""
+    return all(device.platform == "cpu" for device in sharding.device_set)
 
 
 def check_finite(name: str, value) -> None:

@@ -31,6 +31,8 @@ import jax
 import jax.extend as jex
 import numpy as np
 
+from xai_jax._checks import cpu_sharding
+
 __all__ = ["AGREEMENT", "MIN_CONV_FLOPS", "OPTIONS", "choose", "conv_flops"]
 
 OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
@@ -143,10 +145,7 @@ def _on_cpu(args) -> bool:
     """The default backend is CPU (NumPy data and Python numbers go there) and every array in
     `args` lives in CPU memory."""
     return jax.default_backend() == "cpu" and all(
-        device.platform == "cpu"
-        for leaf in jax.tree.leaves(args)
-        if isinstance(leaf, jax.Array)
-        for device in leaf.sharding.device_set
+        cpu_sharding(leaf.sharding) for leaf in jax.tree.leaves(args) if isinstance(leaf, jax.Array)
     )
 
 

@@ -11,7 +11,8 @@ Both sides evaluate the same float32 torch model (weights copied to JAX):
   gradients with 20 steps (Captum's `IntegratedGradients.attribute` with `n_steps=20`).
 * floor: the jitted model alone on the metric's model rows (and its gradient for
   sensitivity), timed in the same run; "floor fraction" = floor time / our time. On the CNN it
-  is compiled with `_cpu_options.OPTIONS` (YNNPACK), as ours is.
+  is compiled the second way (`_cpu_options.jit`: YNNPACK's dot fusion, thin convolutions as
+  multiply-adds), as ours is.
 * deletion / insertion (20 steps) and faithfulness correlation (100 subsets of 78 pixels) on the
   MLP: the reference loops over examples and steps (subsets) in NumPy and calls the jitted model
   once per perturbed input, as Quantus' `PixelFlipping` / `FaithfulnessCorrelation` and RISE's
@@ -113,11 +114,11 @@ def _captum_cases(ctx: Context, name, net, fn, x, t, ns) -> list[dict]:
     sal_t, ig_t = Saliency(net), IntegratedGradients(net)
     attrs = {"saliency": _saliency(fn)(jnp.asarray(x), jnp.asarray(t))}
     attrs["IG"] = _ig(fn)(jnp.asarray(x), jnp.asarray(t))
-    # the floor compiled as ours is: with YNNPACK where the model has convolutions
+    # the floor compiled as ours is: the second way where the model has convolutions
     convs = _cpu_options.conv_flops(jax.make_jaxpr(fn)(jnp.asarray(x))) > 0
-    options = _cpu_options.OPTIONS if convs else None
-    fwd = jax.jit(lambda v: fn(v), compiler_options=options)
-    grad = jax.jit(_saliency(fn), compiler_options=options)
+    compile_ = _cpu_options.jit if convs else jax.jit
+    fwd = compile_(lambda v: fn(v))
+    grad = compile_(_saliency(fn))
 
     def perturb(inputs):
         noise = 0.1 * torch.randn_like(inputs)

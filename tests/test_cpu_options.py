@@ -185,3 +185,85 @@ def test_eager_chunk_loops_use_the_options_and_keep_the_numbers(monkeypatch):
     ]
     whole = deeplift_shap(_cnn, x, bg, target=t)
     np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=1e-4, atol=1e-5)
+
+
+def _conv(dims, strides=None, padding="VALID", lhs_dilation=None, rhs_dilation=None):
+    return lambda z, k: jax.lax.conv_general_dilated(
+        z, k, strides or (1,) * (z.ndim - 2), padding, lhs_dilation, rhs_dilation,
+        dimension_numbers=dims,
+    )  # fmt: skip
+
+
+THIN = [  # (input shape, kernel shape, the convolution): one input or one output channel
+    ((3, 9, 9, 1), (3, 3, 1, 16), _conv(("NHWC", "HWIO", "NHWC"))),
+    ((3, 1, 9, 9), (16, 1, 3, 3), _conv(("NCHW", "OIHW", "NCHW"))),  # Captum's layout
+    ((3, 9, 9, 7), (3, 3, 7, 1), _conv(("NHWC", "HWIO", "NHWC"), padding=((2, 2), (2, 2)))),
+    ((3, 9, 9, 1), (3, 3, 1, 5), _conv(("NHWC", "HWIO", "NHWC"), (2, 2), "SAME")),
+    ((3, 9, 9, 1), (3, 2, 1, 5), _conv(("NHWC", "HWIO", "NHWC"), (2, 1), ((1, -1), (0, 2)))),
+    ((3, 5, 5, 6), (3, 3, 6, 1), _conv(("NHWC", "HWIO", "NHWC"), None, ((2, 2), (2, 2)), (2, 2))),
+    ((3, 9, 9, 1), (3, 3, 1, 4), _conv(("NHWC", "HWIO", "NHWC"), rhs_dilation=(2, 3))),
+    ((2, 4, 11), (1, 4, 3), _conv(("NCH", "OIH", "NCH"), padding="SAME")),  # 1-D, one output
+    ((2, 5, 5, 5, 1), (2, 2, 2, 1, 3), _conv(("NDHWC", "DHWIO", "NDHWC"))),  # 3-D
+    ((1, 9, 9, 1), (3, 3, 1, 1), _conv(("NHWC", "HWIO", "NHWC"))),  # one in, one out
+]
+
+
+@needs_options
+@pytest.mark.parametrize("case", range(len(THIN)))
+def test_thin_convolutions_are_shifted_multiply_adds_with_the_same_numbers(case):
+    shape, kernel_shape, conv = THIN[case]
+    z = jnp.asarray(RNG.normal(size=shape).astype(np.float32))
+    k = jnp.asarray(RNG.normal(size=kernel_shape).astype(np.float32))
+    rewritten = _cpu_options.jit(conv)
+    assert _cpu_options.conv_flops(rewritten.trace(z, k).jaxpr) == 0  # no convolution left
+    expected = np.asarray(jax.jit(conv)(z, k))
+    np.testing.assert_allclose(np.asarray(rewritten(z, k)), expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_options
+def test_the_rewrite_keeps_wide_grouped_and_looped_convolutions_and_reaches_into_calls():
+    x = jnp.asarray(_x())
+    # `_cnn`'s layers: 2 -> 4 channels, and 4 groups of 1 -> 1: neither is thin
+    kept = _cpu_options.jit(_cnn).trace(x).jaxpr
+    assert _cpu_options.conv_flops(kept) == _cpu_options.conv_flops(jax.make_jaxpr(_cnn)(x))
+    np.testing.assert_allclose(
+        np.asarray(_cpu_options.jit(_cnn)(x)), np.asarray(_cnn(x)), rtol=1e-5, atol=1e-5
+    )
+    many = jnp.asarray(RNG.normal(size=(3, 3, 1, _cpu_options.THIN_MAX_OUTPUTS)), jnp.float32)
+    wide = _conv(("NHWC", "HWIO", "NHWC"))
+    assert _cpu_options.conv_flops(_cpu_options.jit(wide).trace(x[..., :1], many).jaxpr) > 0
+    # one input channel inside a nested jit and relu's custom_jvp: rewritten; in a scan: kept
+    k = jnp.asarray(RNG.normal(size=(3, 3, 1, 4)).astype(np.float32))
+
+    def model(z):
+        return jax.nn.relu(jax.jit(wide)(z, k)).sum((1, 2, 3))
+
+    def looped(z):
+        return jax.lax.scan(lambda c, _: (c, model(z)), 0.0, None, length=2)[1]
+
+    z = x[..., :1]
+    assert _cpu_options.conv_flops(_cpu_options.jit(model).trace(z).jaxpr) == 0
+    assert _cpu_options.conv_flops(_cpu_options.jit(looped).trace(z).jaxpr) > 0
+    for f in (model, looped):
+        np.testing.assert_allclose(
+            np.asarray(_cpu_options.jit(f)(z)), np.asarray(f(z)), rtol=1e-5, atol=1e-4
+        )
+
+
+@needs_options
+def test_the_rewrite_takes_gradients_static_arguments_and_pytree_results():
+    k = jnp.asarray(RNG.normal(size=(3, 3, 1, 8)).astype(np.float32))
+    conv = _conv(("NHWC", "HWIO", "NHWC"))
+
+    def f(z, mode):  # the input gradient's transposed convolution has one output channel
+        g = jax.grad(lambda v: jnp.tanh(conv(v, k)).sum())(z)
+        return {"grad": g, "mode": jnp.asarray(len(mode)), "none": None}
+
+    z = jnp.asarray(_x()[..., :1])
+    rewritten = _cpu_options.jit(f, (1,))
+    assert _cpu_options.conv_flops(rewritten.trace(z, "ab").jaxpr) == 0
+    out, expected = rewritten(z, "ab"), jax.jit(f, static_argnums=1)(z, "ab")
+    assert out["none"] is None and int(out["mode"]) == 2
+    np.testing.assert_allclose(
+        np.asarray(out["grad"]), np.asarray(expected["grad"]), rtol=1e-5, atol=1e-5
+    )

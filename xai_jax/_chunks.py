@@ -125,14 +125,12 @@ def shape_of(f: Callable, config, operands):
 
 
 def step_jit(*static_argnums: int) -> Callable:
-    """`jax.jit` with these static arguments, for a step that `top_level` may run with
-    `_cpu_options.OPTIONS`: the twin that has them is made on first use."""
+    """`jax.jit` with these static arguments, for a step that `top_level` may run compiled
+    the second way (`_cpu_options.jit`): that twin is made on first use."""
 
     def wrap(f: Callable) -> Callable:
         jitted = jax.jit(f, static_argnums=static_argnums)
-        _TWINS[jitted] = functools.partial(
-            jax.jit, f, static_argnums=static_argnums, compiler_options=_cpu_options.OPTIONS
-        )
+        _TWINS[jitted] = functools.partial(_cpu_options.jit, f, static_argnums)
         return jitted
 
     return wrap
@@ -143,7 +141,7 @@ _TWINS: dict = {}
 
 def top_level(jitted, args: tuple) -> tuple[Callable, Any]:
     """`(program, program(*args))` for a call outside every trace of a step made by `step_jit`:
-    the step itself, or its twin with `_cpu_options.OPTIONS` where `_cpu_options.choose` picks
+    the step itself, or its twin (`_cpu_options.jit`) where `_cpu_options.choose` picks
     it (large convolutions on CPU, the same result). Loops call the program for their later
     chunks."""
     return _cpu_options.choose(jitted, lambda: _with_options(jitted), *args)

@@ -1,39 +1,62 @@
-"""XLA:CPU compiler options per compiled program: YNNPACK for programs with large convolutions.
+"""XLA:CPU programs for large convolutions: per-program compiler options and thin convolutions
+rewritten, kept only where their first result agrees with the default compile's.
 
-XLA:CPU runs convolutions through Eigen by default, at about 100 GFLOP/s on the 2-core machines
-for the benchmark CNN's 16-to-32-channel 3x3 layer (torch's oneDNN: ~250). Its YNNPACK fusion
-(`xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT`) grows from each dot over work
-that feeds it, convolutions included (on the benchmark CNN the second one, not the 1-channel
-first; a convolution that feeds no dot, such as the gradient's transposed ones, stays with
-Eigen): the CNN's forward pass ran 2.2x faster and its input gradient 1.6x, with the same bits.
-On dense-only programs it is no faster (a 784-512-512-10 MLP's input gradient: 0.66 -> 0.74
-ms; infidelity on it, 352 rows: 1.90 -> 2.17 ms), so it is asked for only where a program's
-convolutions are large (`MIN_CONV_FLOPS`).
+What jaxlib 0.10.2's XLA:CPU does with convolutions by default is slow on the 2-core machines:
+it hands each large convolution alone to YNNPACK (its default `ynn_fusion_type` list has
+`INDIVIDUAL_CONVOLUTION`), which ran the benchmark CNN's 16-to-32-channel 3x3 layer in 1.76 ms
+where Eigen takes 0.90 (torch's oneDNN: 0.90); and Eigen itself is slow on thin convolutions,
+one input or one output channel (the CNN's 1-to-16-channel first layer: 0.49 ms for 6 MFLOP,
+its 16-to-1 transposed one in the input gradient 0.84 ms). So a program with large
+convolutions is compiled a second time (`jit`):
 
-The fusion is experimental, and wrong on some programs: jaxlib 0.10.2 computes `a @ jnp.ones(
-(72, 2))` (a dot with a broadcast constant) as garbage of order 1e21. So a program compiled
-with the options is kept only when its first result agrees with the default program's on the
-same arguments (`choose`); a miscompile of that kind does not depend on the values.
+- with `OPTIONS` (`xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT`, through
+  `jax.jit`'s per-program `compiler_options`, nothing process-wide): that list replaces the
+  default one, so a convolution that feeds a dot is fused into YNNPACK with it and every other
+  one runs on Eigen. The CNN's forward pass: 3.6 -> 1.5 ms; its input gradient 6.6 -> 3.9 ms.
+- with its thin convolutions written as what they are, a sum over the kernel's taps of shifted
+  slices (`_thin_convolution`): one input channel (and fewer than `THIN_MAX_OUTPUTS` outputs)
+  is a multiply-add per tap, one output channel a dot over the input channels followed by
+  shifted adds. The CNN's first layer: 0.49 -> 0.15 ms, its transposed one 0.84 -> 0.5 ms;
+  the input gradient 3.9 -> 2.7 ms. A dense-only program has nothing to rewrite and keeps its
+  default compile (which is faster there: a 784-512-512-10 MLP's input gradient does not gain).
+
+The YNN fusion is experimental, and wrong on some programs: jaxlib 0.10.2 computes `a @
+jnp.ones((72, 2))` (a dot with a broadcast constant) as garbage of order 1e21. So the second
+program is kept only when its first result agrees with the default program's on the same
+arguments (`choose`); a miscompile of that kind does not depend on the values.
 
 `jax.jit`'s `compiler_options` apply to one top-level program, and a nested `jit` that carries
 them raises; so a caller chooses only outside every trace and keeps the plain program for calls
-met inside one. Off CPU, or on an XLA without the option (probed once), there are no options.
+met inside one. Off CPU, or on an XLA without the option (probed once), there is no second
+program.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.extend as jex
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from xai_jax._checks import cpu_sharding
+from xai_jax._propagation import _CALLS, _bind, _sub_jaxpr
 
-__all__ = ["AGREEMENT", "MIN_CONV_FLOPS", "OPTIONS", "choose", "conv_flops"]
+__all__ = [
+    "AGREEMENT",
+    "MIN_CONV_FLOPS",
+    "OPTIONS",
+    "THIN_MAX_OUTPUTS",
+    "choose",
+    "conv_flops",
+    "jit",
+]
 
 OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
@@ -46,13 +69,21 @@ MIN_CONV_FLOPS = 1e8
 # rescale rule amplifies it, to ~2e-4 on the benchmark CNN. A miscompile is off by far more.
 AGREEMENT = 1e-3
 
+# A one-input-channel convolution with fewer outputs than this is rewritten as multiply-adds
+# (Eigen is fast from 32 outputs on: 3x3, 1 -> 32 channels 0.42 ms, the multiply-adds 0.26;
+# 1 -> 64: 0.46 and 0.41; 5x5, 1 -> 32: 0.40 and 0.54; 1 -> 16: 0.89 and 0.32).
+THIN_MAX_OUTPUTS = 32
+
+# Kernels with more taps than this stay convolutions (the rewrite unrolls one slice per tap).
+_MAX_TAPS = 64
+
 
 def choose(plain: Callable, optioned: Callable[[], Callable], *args: Any) -> tuple[Callable, Any]:
     """The program to run calls like `plain(*args)` with, and its result on `args`.
 
     `plain` is a `jax.jit` function called at top level, `optioned()` makes the same function
-    jitted with `OPTIONS`. That one is picked where the program runs on CPU with an XLA that
-    takes the options, has at least `MIN_CONV_FLOPS` of convolutions, and gives the default
+    compiled the other way (`jit`). That one is picked where the program runs on CPU with an
+    XLA that takes the options, has at least `MIN_CONV_FLOPS` of convolutions, and gives the default
     program's result on the first call with its signature (both run then); `plain` everywhere
     else, also where the optioned program fails to compile or run. The choice is remembered
     for `plain` and its traced program (a cached trace: ~30 us).
@@ -83,6 +114,102 @@ def choose(plain: Callable, optioned: Callable[[], Callable], *args: Any) -> tup
 # `_MAX_CHOSEN` (the oldest dropped first).
 _MAX_CHOSEN = 512
 _CHOSEN: dict = {}
+
+
+def jit(f: Callable, static_argnums: Sequence[int] = ()) -> Callable:
+    """`jax.jit(f, static_argnums=...)` compiled with `OPTIONS` and its thin convolutions
+    rewritten (`_thin_convolution`): the second program `choose` tries. Not to be
+    differentiated or nested in a trace (a nested `jit` with compiler options raises)."""
+    static = tuple(static_argnums)
+
+    @functools.wraps(f)
+    def rewritten(*args):
+        closed, shape = jax.make_jaxpr(f, static_argnums=static, return_shape=True)(*args)
+        dynamic = [a for i, a in enumerate(args) if i not in static]
+        out = _evaluate(closed.jaxpr, closed.consts, jax.tree.leaves(dynamic))
+        return jax.tree.unflatten(jax.tree.structure(shape), out)
+
+    return jax.jit(rewritten, static_argnums=static, compiler_options=OPTIONS)
+
+
+def _evaluate(jaxpr: jex.core.Jaxpr, consts: list, args: list) -> list:
+    """`jaxpr` on `args`, its thin convolutions as `_thin_convolution`s, calls (jit,
+    custom_jvp/vjp, remat) inlined; loops and conditionals are bound as they are."""
+    env: dict = dict(zip(jaxpr.constvars, consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
+
+    def read(v):
+        return v.val if isinstance(v, jex.core.Literal) else env[v]
+
+    for eqn in jaxpr.eqns:
+        ins = [read(v) for v in eqn.invars]
+        if eqn.primitive.name == "conv_general_dilated" and _is_thin(eqn):
+            outs = [_thin_convolution(*ins, out_shape=eqn.outvars[0].aval.shape, **eqn.params)]
+        elif eqn.primitive.name in _CALLS:
+            body, body_consts = _sub_jaxpr(eqn)
+            outs = _evaluate(body, body_consts, ins)
+        else:
+            outs = _bind(eqn, ins)
+        env.update(zip(eqn.outvars, outs, strict=True))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _is_thin(eqn) -> bool:
+    """An ungrouped floating convolution with one input channel and fewer than
+    `THIN_MAX_OUTPUTS` outputs, or with one output channel; at most `_MAX_TAPS` taps."""
+    p = eqn.params
+    lhs, kernel = eqn.invars[0].aval, eqn.invars[1].aval
+    out_spec, in_spec, *spatial = p["dimension_numbers"].rhs_spec
+    n_out, n_in = kernel.shape[out_spec], kernel.shape[in_spec]
+    return (
+        p["feature_group_count"] == 1
+        and p["batch_group_count"] == 1
+        and jnp.issubdtype(lhs.dtype, jnp.floating)
+        and p["preferred_element_type"] in (None, eqn.outvars[0].aval.dtype)
+        and math.prod(kernel.shape[d] for d in spatial) <= _MAX_TAPS
+        and ((n_in == 1 and n_out < THIN_MAX_OUTPUTS) or n_out == 1)
+    )
+
+
+def _thin_convolution(
+    lhs, rhs, *, out_shape, window_strides, padding, lhs_dilation, rhs_dilation,
+    dimension_numbers, precision, preferred_element_type, **_,
+):  # fmt: skip
+    """`lax.conv_general_dilated` with one input channel or one output channel (ungrouped), as
+    a sum over the kernel's taps of strided slices of the padded (and dilated) input: times
+    the tap's weights (one input channel), or of the input's dot with all taps' weights (one
+    output channel). The same numbers up to summation order."""
+    del preferred_element_type  # `_is_thin`: none, or the output's own dtype
+    lhs_spec, rhs_spec, out_spec = dimension_numbers
+    n = len(lhs_spec)
+    x = jnp.transpose(lhs, (lhs_spec[0], *lhs_spec[2:], lhs_spec[1]))  # [batch, spatial.., in]
+    w = jnp.transpose(rhs, (*rhs_spec[2:], rhs_spec[1], rhs_spec[0]))  # [spatial.., in, out]
+    taps = list(itertools.product(*(range(k) for k in w.shape[:-2])))
+    one_output = w.shape[-1] == 1
+    if one_output:  # every tap's contribution first, on the undilated input: [.., taps]
+        weights = w.reshape(len(taps), w.shape[-2]).T
+        x = lax.dot_general(x, weights, (((n - 1,), (0,)), ((), ())), precision=precision)
+    pads = [(lo, hi, d - 1) for (lo, hi), d in zip(padding, lhs_dilation, strict=True)]
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *pads, (0, 0, 0)])
+    sizes = [out_shape[d] for d in out_spec[2:]]
+    rank_of_x = (1,) * (n - 1) + (-1,)  # a tap's weights [1, out] spread over the batch
+    total = None
+    for k, tap in enumerate(taps):
+        start = [0] + [t * d for t, d in zip(tap, rhs_dilation, strict=True)] + [0]
+        limit = [x.shape[0]]
+        limit += [
+            s + (m - 1) * st + 1
+            for s, m, st in zip(start[1:-1], sizes, window_strides, strict=True)
+        ]
+        limit += [x.shape[-1]]
+        piece = lax.slice(x, start, limit, (1, *window_strides, 1))
+        term = piece[..., k : k + 1] if one_output else piece * w[tap].reshape(rank_of_x)
+        total = term if total is None else total + term
+    order = [0] * n  # [batch, spatial.., features] back to the output's layout
+    order[out_spec[0]], order[out_spec[1]] = 0, n - 1
+    for i, d in enumerate(out_spec[2:]):
+        order[d] = i + 1
+    return jnp.transpose(total, order)
 
 
 def conv_flops(closed: jex.core.ClosedJaxpr) -> float:

@@ -8,8 +8,9 @@ the first call with a given function, options and argument shapes (the method's 
 step) and compiles the whole method once; a later call with the same signature re-checks only
 what depends on the values (`Plan.recheck`: NaN/inf in the inputs, the target's range) and
 dispatches the compiled program. The numbers are those of the op-by-op path (the same code,
-traced). A program with large convolutions on CPU is compiled with `_cpu_options.OPTIONS`
-(YNNPACK) where its first result agrees with the default compile's (`_cpu_options.choose`),
+traced). A program with large convolutions on CPU is compiled a second way (`_cpu_options.jit`:
+compiler options, thin convolutions rewritten) and kept where its first result agrees with the
+default compile's (`_cpu_options.choose`),
 and without them for a later call with its signature met inside the user's trace. A call
 under the user's `jit`, `vmap` or `grad`, an unhashable function or option, or a method whose
 `prepare` offers no plan (rows in several chunks, a NumPy black box) runs the method as it is.
@@ -184,7 +185,7 @@ def call(prepare: Callable, fn: Callable, arrays: dict, statics: dict) -> Any:
     if is_traced((), ambient=True):  # inside the user's trace: a nested jit, without options
         _PLANS[key] = (plan, plain, False)
         return plain(arrays)
-    # Large convolutions on CPU: compiled with `_cpu_options.OPTIONS` where that agrees.
+    # Large convolutions on CPU: compiled the second way (`_cpu_options.jit`) where that agrees.
     optioned = lambda: _compiled(prepare, fn, frozen, True)
     compiled, out = _cpu_options.choose(plain, optioned, arrays)
     _PLANS[key] = (plan, compiled, compiled is not plain)
@@ -194,10 +195,8 @@ def call(prepare: Callable, fn: Callable, arrays: dict, statics: dict) -> Any:
 @functools.lru_cache(maxsize=MAX_PLANS)
 def _compiled(prepare: Callable, fn: Callable, frozen: tuple, options: bool) -> Callable:
     statics = {name: _thaw(value) for name, value in frozen}
-    return jax.jit(
-        lambda arrays: prepare(fn, **arrays, **statics).run(),
-        compiler_options=_cpu_options.OPTIONS if options else None,
-    )
+    run = lambda arrays: prepare(fn, **arrays, **statics).run()
+    return _cpu_options.jit(run) if options else jax.jit(run)
 
 
 def _freeze_statics(statics: dict) -> tuple | None:

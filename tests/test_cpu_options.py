@@ -177,6 +177,10 @@ def test_eager_chunk_loops_use_the_options_and_keep_the_numbers(monkeypatch):
     assert _chunks._with_options(_chunks._step) in chosen
     traced = jax.jit(ig)(x)  # a scan inside the caller's trace, without options
     np.testing.assert_allclose(np.asarray(eager), np.asarray(traced), rtol=1e-4, atol=1e-5)
+    # one chunk at top level (integrated gradients unchunked): the second program too
+    whole = integrated_gradients(_cnn, x, target=t, n_steps=8)
+    assert _chunks._with_options(_chunks._whole) in [e[2] for e in _cpu_options._CHOSEN.values()]
+    np.testing.assert_allclose(np.asarray(whole), np.asarray(traced), rtol=1e-4, atol=1e-5)
     # DeepLiftShap's baseline chunks run their one compiled step through `call_step`
     bg = _x(n=3)
     chunked = deeplift_shap(_cnn, x, bg, target=t, internal_batch_size=4)

@@ -98,8 +98,8 @@ def run(kernel: Callable, finish: Callable, config, operands, like, num_chunks: 
     `scan`'s is staged in the caller's trace (not a constant the size of the sum).
     """
     static, arrays = partition(config)
-    if num_chunks == 1:
-        return _whole(kernel, finish, static, operands, arrays, None, 1)
+    if num_chunks == 1:  # at top level the second program too (`top_level`)
+        return call_step(_whole, (kernel, finish, static, operands, arrays, None, 1))
     if not is_traced((operands, arrays)):
         acc = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like)
         args = (kernel, static, np.int32(0), acc, operands, arrays)
@@ -177,7 +177,7 @@ def _finish(finish: Callable, static, total, operands, arrays):
     return finish(combine(static, arrays), total, operands)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 6))
+@step_jit(0, 1, 2, 6)
 def _whole(kernel: Callable, finish: Callable, static, operands, arrays, init, num_chunks: int):
     config = combine(static, arrays)
     if num_chunks == 1:

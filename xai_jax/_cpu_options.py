@@ -83,10 +83,10 @@ def choose(plain: Callable, optioned: Callable[[], Callable], *args: Any) -> tup
 
     `plain` is a `jax.jit` function called at top level, `optioned()` makes the same function
     compiled the other way (`jit`). That one is picked where the program runs on CPU with an
-    XLA that takes the options, has at least `MIN_CONV_FLOPS` of convolutions, and gives the default
-    program's result on the first call with its signature (both run then); `plain` everywhere
-    else, also where the optioned program fails to compile or run. The choice is remembered
-    for `plain` and its traced program (a cached trace: ~30 us).
+    XLA that takes the options, has at least `MIN_CONV_FLOPS` of convolutions, and gives the
+    default program's result on the first call with its signature (both run then); `plain`
+    everywhere else, also where the optioned program fails to compile or run. The choice is
+    remembered for `plain` and its traced program (a cached trace: ~30 us).
     """
     if not (_on_cpu(args) and _available()):
         return plain, plain(*args)

@@ -10,8 +10,8 @@ what depends on the values (`Plan.recheck`: NaN/inf in the inputs, the target's 
 dispatches the compiled program. The numbers are those of the op-by-op path (the same code,
 traced). A program with large convolutions on CPU is compiled a second way (`_cpu_options.jit`:
 compiler options, thin convolutions rewritten) and kept where its first result agrees with the
-default compile's (`_cpu_options.choose`),
-and without them for a later call with its signature met inside the user's trace. A call
+default compile's (`_cpu_options.choose`); a later call with its signature met inside the
+user's trace runs the default one (a nested `jit` carries no compiler options). A call
 under the user's `jit`, `vmap` or `grad`, an unhashable function or option, or a method whose
 `prepare` offers no plan (rows in several chunks, a NumPy black box) runs the method as it is.
 

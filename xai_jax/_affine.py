@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex
 
+from xai_jax._propagation import eval_inlined
+
 # Linear in all their operands together, except those at the listed positions, which must not
 # depend on the input (indices, predicates).
 _LINEAR = {
@@ -127,28 +129,7 @@ def _inline_jit(closed):
     if not any(e.primitive.name == "jit" for e in closed.jaxpr.eqns):
         return closed
     avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
-    return jax.make_jaxpr(lambda *args: _eval_inlined(closed.jaxpr, closed.consts, args))(*avals)
-
-
-def _eval_inlined(jaxpr, consts, args) -> list:
-    """`jax.core.eval_jaxpr`, recursing into `jit` equations instead of binding them."""
-    env = dict(zip(jaxpr.constvars, consts, strict=True))
-    env.update(zip(jaxpr.invars, args, strict=True))
-
-    def read(v):
-        return v.val if isinstance(v, jex.Literal) else env[v]
-
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        if eqn.primitive.name == "jit":
-            inner = eqn.params["jaxpr"]
-            outs = _eval_inlined(inner.jaxpr, inner.consts, invals)
-        else:
-            with eqn.ctx.manager:
-                outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
-            outs = outs if eqn.primitive.multiple_results else [outs]
-        env.update(zip(eqn.outvars, outs, strict=True))
-    return [read(v) for v in jaxpr.outvars]
+    return jax.make_jaxpr(lambda *args: eval_inlined(closed.jaxpr, closed.consts, args))(*avals)
 
 
 def _closed(closed, invars: list, outvars: list, eqns: list, what: str):

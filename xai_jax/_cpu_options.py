@@ -46,7 +46,7 @@ import numpy as np
 from jax import lax
 
 from xai_jax._checks import cpu_sharding
-from xai_jax._propagation import _CALLS, _bind, _sub_jaxpr
+from xai_jax._propagation import _CALLS, eval_inlined
 
 __all__ = [
     "AGREEMENT",
@@ -126,32 +126,18 @@ def jit(f: Callable, static_argnums: Sequence[int] = ()) -> Callable:
     def rewritten(*args):
         closed, shape = jax.make_jaxpr(f, static_argnums=static, return_shape=True)(*args)
         dynamic = [a for i, a in enumerate(args) if i not in static]
-        out = _evaluate(closed.jaxpr, closed.consts, jax.tree.leaves(dynamic))
+        leaves = jax.tree.leaves(dynamic)  # calls (jit, custom_jvp/vjp, remat) inlined
+        out = eval_inlined(closed.jaxpr, closed.consts, leaves, _CALLS, _thin_convolutions)
         return jax.tree.unflatten(jax.tree.structure(shape), out)
 
     return jax.jit(rewritten, static_argnums=static, compiler_options=OPTIONS)
 
 
-def _evaluate(jaxpr: jex.core.Jaxpr, consts: list, args: list) -> list:
-    """`jaxpr` on `args`, its thin convolutions as `_thin_convolution`s, calls (jit,
-    custom_jvp/vjp, remat) inlined; loops and conditionals are bound as they are."""
-    env: dict = dict(zip(jaxpr.constvars, consts, strict=True))
-    env.update(zip(jaxpr.invars, args, strict=True))
-
-    def read(v):
-        return v.val if isinstance(v, jex.core.Literal) else env[v]
-
-    for eqn in jaxpr.eqns:
-        ins = [read(v) for v in eqn.invars]
-        if eqn.primitive.name == "conv_general_dilated" and _is_thin(eqn):
-            outs = [_thin_convolution(*ins, out_shape=eqn.outvars[0].aval.shape, **eqn.params)]
-        elif eqn.primitive.name in _CALLS:
-            body, body_consts = _sub_jaxpr(eqn)
-            outs = _evaluate(body, body_consts, ins)
-        else:
-            outs = _bind(eqn, ins)
-        env.update(zip(eqn.outvars, outs, strict=True))
-    return [read(v) for v in jaxpr.outvars]
+def _thin_convolutions(eqn, invals) -> list | None:
+    """`eval_inlined`'s rewrite: a thin convolution as a `_thin_convolution`."""
+    if eqn.primitive.name != "conv_general_dilated" or not _is_thin(eqn):
+        return None
+    return [_thin_convolution(*invals, out_shape=eqn.outvars[0].aval.shape, **eqn.params)]
 
 
 def _is_thin(eqn) -> bool:

@@ -143,6 +143,28 @@ def _sub_jaxpr(eqn):
     raise ValueError(f"cannot read the body of {eqn.primitive.name}")
 
 
+def eval_inlined(jaxpr, consts: list, args, inline=frozenset({"jit"}), rewrite=None) -> list:
+    """`jax.core.eval_jaxpr`, recursing into the bodies of the calls named in `inline` instead
+    of binding them; `rewrite(eqn, invals)`, where given, computes an equation's outputs in
+    its own way (a list), or returns None to leave it as it is."""
+    env = dict(zip(jaxpr.constvars, consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
+
+    def read(v):
+        return v.val if isinstance(v, jcore.Literal) else env[v]
+
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        outs = None if rewrite is None else rewrite(eqn, invals)
+        if outs is None and eqn.primitive.name in inline:
+            body, body_consts = _sub_jaxpr(eqn)
+            outs = eval_inlined(body, body_consts, invals, inline, rewrite)
+        elif outs is None:
+            outs = _bind(eqn, invals)
+        env.update(zip(eqn.outvars, outs, strict=True))
+    return [read(v) for v in jaxpr.outvars]
+
+
 def _is_float(v) -> bool:
     return jnp.issubdtype(v.aval.dtype, jnp.inexact)
 

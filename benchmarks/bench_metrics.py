@@ -6,7 +6,8 @@ Both sides evaluate the same float32 torch model (weights copied to JAX):
   ReLU, Linear 5408->10) on a batch of 8 28x28 images.
 * infidelity: Gaussian noise of 0.1 (Captum: `torch.randn_like` in the perturb_func), the
   attributions by saliency and by integrated gradients (computed once, not timed; the
-  metric's cost does not depend on them), n_perturb_samples 10 and 50.
+  metric's cost does not depend on them), n_perturb_samples 10 and 50. The noise draw alone
+  (ours and torch's `randn_like`) is timed too: "cap" = Captum / (model alone + our draw).
 * sensitivity_max: the explanation re-run on every perturbation: saliency, and integrated
   gradients with 20 steps (Captum's `IntegratedGradients.attribute` with `n_steps=20`).
 * floor: the jitted model alone on the metric's model rows (and its gradient for
@@ -273,7 +274,7 @@ def bench_metrics(ctx: Context) -> dict:
             "batched forward, so the ratio is capped by floor fraction x (Captum / floor).",
             "cap (infidelity): Captum's time over the model alone plus our draw of the default "
             "perturbation's noise, the best ratio any program that draws that noise and runs "
-            "that forward could reach here; the draw is as fast as torch's randn_like:",
+            "that forward could reach here; the draws, ours and torch's randn_like:",
             *notes,
         ],
         "columns": COLUMNS,

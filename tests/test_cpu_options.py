@@ -12,6 +12,9 @@ from xai_jax import (
     _cpu_options,
     _eager,
     deeplift_shap,
+    feature_ablation,
+    feature_permutation,
+    infidelity,
     integrated_gradients,
     propagation,
     saliency,
@@ -62,6 +65,74 @@ def test_conv_flops_counts_every_convolution_nested_ones_and_scan_bodies():
     grad = jax.make_jaxpr(jax.grad(lambda z: _cnn(z).sum()))(x)
     assert _cpu_options.conv_flops(grad) > 1.9 * len(x) * per_example
     assert _cpu_options.conv_flops(jax.make_jaxpr(lambda z: z @ z.T)(x[:, 0, 0])) == 0
+
+
+def test_dot_flops_counts_every_matrix_product_nested_ones_and_scan_bodies():
+    x = _x()
+    head = 2 * 3 * (4 * 4 * 4)  # the dense head: 64 -> 3 per example
+    assert _cpu_options.dot_flops(jax.make_jaxpr(_cnn)(x)) == len(x) * head
+    z = x[:, 0, 0]  # [5, 2]
+    batched = jax.make_jaxpr(lambda a: jnp.einsum("bi,bj->bij", a, a) @ jnp.ones((2, 7)))(z)
+    assert _cpu_options.dot_flops(batched) == 2 * 5 * 2 * 2 + 2 * (5 * 2 * 7) * 2  # outer: no sum
+    nested = jax.make_jaxpr(lambda a: jax.jit(lambda c: c @ c.T)(a))(z)
+    assert _cpu_options.dot_flops(nested) == 2 * 5 * 5 * 2
+
+    def scanned(a):
+        return jax.lax.scan(lambda c, _: (c @ jnp.eye(2), None), a, None, length=4)[0]
+
+    assert _cpu_options.dot_flops(jax.make_jaxpr(scanned)(z)) == 4 * 2 * 5 * 2 * 2
+
+
+def _mlp(z):  # [rows, 8] -> [rows, 3], dense only
+    return jnp.tanh(jnp.tanh(z @ DENSE[:8, :]) @ DENSE[:3, :]) @ DENSE[3:6, :].T
+
+
+def test_dense_programs_are_tried_only_when_forward_only_and_without_convolutions(monkeypatch):
+    monkeypatch.setattr(_cpu_options, "MIN_DOT_FLOPS", 0.0)
+    monkeypatch.setattr(_cpu_options, "_available", lambda: True)
+    z = RNG.normal(size=(6, 8)).astype(np.float32)
+    plain = jax.jit(_mlp)
+    other = jax.jit(lambda a: _mlp(a) + 0.0)
+    made = []
+    same = jax.jit(lambda a: made.append(1) or _mlp(a))
+    assert _cpu_options.choose(plain, lambda: same, z)[0] is plain and not made
+    program, out = _cpu_options.choose(other, lambda: same, z, forward_only=True)
+    assert program is same and made
+    np.testing.assert_allclose(np.asarray(out), np.asarray(plain(z)), rtol=1e-6)
+    monkeypatch.setattr(_cpu_options, "MIN_DOT_FLOPS", 1e9)  # below the threshold: not tried
+    third = jax.jit(lambda a: _mlp(a) + 1.0)
+    made.clear()
+    assert _cpu_options.choose(third, lambda: same, z, forward_only=True)[0] is third
+    assert not made
+    # small convolutions with the dense head (occlusion's incremental rows): not tried either
+    x = _x()
+    cnn = jax.jit(_cnn)
+    assert _cpu_options.choose(cnn, lambda: made.append(1), x, forward_only=True)[0] is cnn
+    assert not made
+
+
+@needs_options
+def test_forward_only_eager_methods_take_the_options_for_dense_models(monkeypatch):
+    # the perturbation methods run the model forward only: their dense programs are compiled
+    # the second way (and keep the numbers); a gradient method's are not.
+    monkeypatch.setattr(_cpu_options, "MIN_DOT_FLOPS", 0.0)
+    monkeypatch.setattr(_eager, "_PLANS", {})
+    z, t = RNG.normal(size=(6, 8)).astype(np.float32), np.arange(6) % 3
+    expected = jax.jit(lambda a: feature_ablation(_mlp, a, target=t))(z)
+    np.testing.assert_allclose(
+        np.asarray(feature_ablation(_mlp, z, target=t)), np.asarray(expected), rtol=1e-5, atol=1e-6
+    )
+    attr = saliency(_mlp, z, target=t)
+    key = jax.random.key(0)
+    score = infidelity(key, _mlp, z, attr, target=t)
+    traced = jax.jit(lambda a: infidelity(key, _mlp, a, attr, target=t))(z)
+    np.testing.assert_allclose(np.asarray(score), np.asarray(traced), rtol=1e-4, atol=1e-6)
+    # feature ablation took the options; the gradient, infidelity (slower that way, with its
+    # noise draw) and the permutation's rows did not ask for them
+    feature_permutation(key, _mlp, z, target=t)
+    plans = list(_eager._PLANS.values())
+    assert [plan.forward_only for plan, _, _ in plans] == [True, False, False, False]
+    assert [options for _, _, options in plans] == [True, False, False, False]
 
 
 @needs_options

@@ -45,6 +45,9 @@ class Plan(NamedTuple):
     `recheck(arrays)` raises as the first call's checks would have, on what depends on values."""
 
     recheck: Callable[[dict], None]
+    # The program only runs the model forward (no gradient): large matrix products make it a
+    # candidate for the second compile too (`_cpu_options.choose`).
+    forward_only: bool = False
 
 
 def value_checks(
@@ -52,11 +55,13 @@ def value_checks(
     batch: int,
     finite: tuple[str, ...],
     scales: tuple[str, ...] = (),
+    *,
+    forward_only: bool = False,
 ) -> Plan:
     """The plan of a method whose value-dependent checks are NaN/inf in the arrays named in
     `finite` (`x`, `baselines`: as `as_float_array` checks them), the options named in `scales`
     (>= 0 and finite, `check_scale`), and the target's range on the model's output `out` for
-    `batch` rows (`as_target`; None: a method without a target)."""
+    `batch` rows (`as_target`; None: a method without a target); `forward_only` as `Plan`'s."""
 
     classes = out.shape[1] if out is not None and len(out.shape) == 2 else None
 
@@ -76,7 +81,7 @@ def value_checks(
         if out is not None and not _surely_in_range(arrays["target"], classes, batch):
             as_target(arrays["target"], out, batch, device=False)
 
-    return Plan(recheck)
+    return Plan(recheck, forward_only)
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -185,9 +190,10 @@ def call(prepare: Callable, fn: Callable, arrays: dict, statics: dict) -> Any:
     if is_traced((), ambient=True):  # inside the user's trace: a nested jit, without options
         _PLANS[key] = (plan, plain, False)
         return plain(arrays)
-    # Large convolutions on CPU: compiled the second way (`_cpu_options.jit`) where that agrees.
+    # Large convolutions on CPU (large matrix products in a forward-only program): compiled the
+    # second way (`_cpu_options.jit`) where that agrees.
     optioned = lambda: _compiled(prepare, fn, frozen, True)
-    compiled, out = _cpu_options.choose(plain, optioned, arrays)
+    compiled, out = _cpu_options.choose(plain, optioned, arrays, forward_only=plan.forward_only)
     _PLANS[key] = (plan, compiled, compiled is not plain)
     return out
 

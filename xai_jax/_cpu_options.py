@@ -18,7 +18,9 @@ convolutions is compiled a second time (`jit`):
   is a multiply-add per tap, one output channel a dot over the input channels followed by
   shifted adds. The CNN's first layer: 0.49 -> 0.15 ms, its transposed one 0.84 -> 0.5 ms;
   the input gradient 3.9 -> 2.7 ms. A dense-only program has nothing to rewrite and keeps its
-  default compile (which is faster there: a 784-512-512-10 MLP's input gradient does not gain).
+  default compile (which is faster there: a 784-512-512-10 MLP's input gradient does not gain),
+  unless its caller says it only runs the model forward (`choose`'s `forward_only`, the
+  perturbation methods): then the options fuse each dot with its bias and activation.
 
 The YNN fusion is experimental, and wrong on some programs: jaxlib 0.10.2 computes `a @
 jnp.ones((72, 2))` (a dot with a broadcast constant) as garbage of order 1e21. So the second

@@ -45,8 +45,9 @@ class Plan(NamedTuple):
     `recheck(arrays)` raises as the first call's checks would have, on what depends on values."""
 
     recheck: Callable[[dict], None]
-    # The program only runs the model forward (no gradient): large matrix products make it a
-    # candidate for the second compile too (`_cpu_options.choose`).
+    # The program only runs the model forward (no gradient), and large matrix products make it
+    # a candidate for the second compile too (`_cpu_options.choose`); False where it is, but
+    # that compile measured slower (infidelity, feature permutation).
     forward_only: bool = False
 
 

@@ -288,15 +288,15 @@ class _Prepared(NamedTuple):
 
     def plan(self) -> _eager.Plan | None:
         """A later eager call's checks: NaN/inf in `x` and the baselines, the target's range;
-        the program runs the model forward only (`_eager.Plan.forward_only`). None (no compiled
-        whole) for a NumPy black box or rows in several chunks (a traced loop over chunks is
-        slower than the eager host loop: PERF_NOTES, convolutions)."""
+        `forward_only` (`_eager.Plan`'s) for every kind of rows but the permutation's. None (no
+        compiled whole) for a NumPy black box or rows in several chunks (a traced loop over
+        chunks is slower than the eager host loop: PERF_NOTES, convolutions)."""
         config = self.config
         if isinstance(config.model, HostFunction) or _num_chunks(config, self.batch_size) > 1:
             return None
         batch = jax.tree.leaves(config.x)[0].shape[0]
-        # Forward-only, a candidate for `_cpu_options`' second compile of dense programs, except
-        # the permutation's rows (slower that way on the 20-feature MLP: 0.68 -> 0.73 ms).
+        # Every kind runs the model forward only; the permutation's rows are not offered to
+        # `_cpu_options`' second compile (slower that way on the 20-feature MLP: 0.68 -> 0.73 ms).
         forward_only = config.base_mode != "permuted"
         return _eager.value_checks(self.out, batch, ("x", "baselines"), forward_only=forward_only)
 
